@@ -1,0 +1,57 @@
+"""Label images: per-target boolean masks <-> one H×W image where 0 = background and k = target id.
+
+ROS-free, so the pipeline, the replay evaluation and the node build and read label images the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+BACKGROUND_ID = 0
+
+
+def label_image_from_masks(
+    masks: Mapping[int, np.ndarray],
+    shape: tuple[int, int],
+    scores: Mapping[int, float] | None = None,
+    dtype: type[np.unsignedinteger] = np.uint16,
+) -> np.ndarray:
+    """Paint boolean masks (H×W each) into one H×W label image of target ids.
+
+    A pixel covered by several targets goes to the one with the higher score; on equal scores (or without
+    ``scores``) the lower id wins, so the older target keeps its pixels. Ids must be >= 1 and fit ``dtype``.
+    """
+    height, width = shape
+    id_limit = int(np.iinfo(dtype).max)
+    for target_id, mask in masks.items():
+        if not 1 <= target_id <= id_limit:
+            raise ValueError(
+                f"target id {target_id} is outside 1..{id_limit} (0 is background, dtype {dtype})"
+            )
+        if mask.dtype != np.bool_ or mask.shape != (height, width):
+            raise ValueError(
+                f"mask of target {target_id} must be a bool array of shape {(height, width)}, "
+                f"got {mask.dtype} {mask.shape}"
+            )
+    if scores is not None and (missing := sorted(set(masks) - set(scores))):
+        raise ValueError(f"scores given but missing for target ids {missing}")
+
+    def paint_priority(target_id: int) -> tuple[float, int]:
+        # painted in ascending priority, the last painter wins: higher score, then lower id
+        return (scores[target_id] if scores is not None else 0.0, -target_id)
+
+    labels = np.zeros((height, width), dtype=dtype)  # H×W
+    for target_id in sorted(masks, key=paint_priority):
+        labels[masks[target_id]] = target_id
+    return labels
+
+
+def masks_from_label_image(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Split an H×W label image into {target id: H×W bool mask}, background (0) left out."""
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"label image must be a 2-D integer array, got {labels.dtype} {labels.shape}")
+    return {
+        int(target_id): labels == target_id for target_id in np.unique(labels) if target_id != BACKGROUND_ID
+    }
