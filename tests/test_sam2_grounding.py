@@ -88,10 +88,11 @@ def _meta_reference(predictor, folder, embedding: torch.Tensor, num_cond: int) -
 
 def _ours(model: Sa2VASam2, frames, embedding: torch.Tensor, num_cond: int) -> list[torch.Tensor]:
     pixels = model.preprocess(frames)
-    return [
-        F.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-        for low in model.language_video_logits(pixels, embedding, num_cond)
-    ]
+    with torch.inference_mode():
+        return [
+            F.interpolate(out["pred_masks"], size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+            for out in model.language_video_inference(pixels, embedding, num_cond)
+        ]
 
 
 def test_streamed_video_inference_matches_meta_predictor(setup):

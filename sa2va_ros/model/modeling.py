@@ -254,8 +254,8 @@ class Sa2VA(nn.Module):
         pixels = _LazyPixels(sam, frames, self.device, self._sam_dtype())
         out = np.zeros((embeddings.size(0), len(frames), height, width), dtype=bool)
         with self._sam_autocast():
-            for t, low_res in enumerate(sam.language_video_logits(pixels, embeddings, num_cond)):
-                logits = upsample_logits(low_res.float(), sam.image_size, height, width)  # [N, 1, H, W]
+            for t, frame_out in enumerate(sam.language_video_inference(pixels, embeddings, num_cond)):
+                logits = upsample_logits(frame_out["pred_masks"].float(), sam.image_size, height, width)
                 out[:, t] = (logits[:, 0] > 0).cpu().numpy()
         return list(out)
 

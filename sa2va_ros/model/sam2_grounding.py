@@ -248,17 +248,19 @@ class Sa2VASam2(SAM2Base):
             num_frames=num_frames,
             track_in_reverse=False,
         )
-        _, _, _, low_res, high_res_mask, obj_ptr, score = self._forward_sam_heads(
+        multi, _, ious, low_res, high_res_mask, obj_ptr, score = self._forward_sam_heads(
             backbone_features=pix_feat,
             high_res_features=high_res or None,
             multimask_output=self._use_multimask(is_init_cond_frame, None),
             language_embd=language_embd,
         )
         return {
-            "pred_masks": low_res,
+            "pred_masks": low_res,  # [B, 1, S/4, S/4] the best-IoU candidate
             "pred_masks_high_res": high_res_mask,
+            "multimask_logits": multi,  # [B, M, S/4, S/4] every candidate
+            "iou_predictions": ious,  # [B, M]
             "obj_ptr": obj_ptr,
-            "object_score_logits": score,
+            "object_score_logits": score,  # [B, 1]
         }
 
     def _store_memory(self, out: dict, feats: list[torch.Tensor], sizes: list) -> dict[str, Any]:
@@ -280,11 +282,11 @@ class Sa2VASam2(SAM2Base):
             "obj_ptr": out["obj_ptr"],
         }
 
-    @torch.inference_mode()
-    def language_video_logits(
+    def language_video_inference(
         self, images: Sequence[torch.Tensor], language_embd: torch.Tensor, num_cond_frames: int
-    ) -> Iterator[torch.Tensor]:
-        """Official Sa2VA video inference, streamed: yields low-res logits ``[N, 1, S/4, S/4]`` per frame.
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Official Sa2VA video inference, streamed: yields each frame's output (``pred_masks`` are the low-res
+        logits ``[N, 1, S/4, S/4]``). Differentiable: callers choose ``torch.inference_mode`` or training.
 
         Frames ``0..K-1`` are initial conditioning frames prompted by the same language vector (no memory);
         their memories are encoded once all K are decoded; every later frame is tracked from memory alone.
@@ -313,7 +315,7 @@ class Sa2VASam2(SAM2Base):
                 out = self._language_track_step(t, False, feats, pos, sizes, memory, num_frames, None)
                 memory["non_cond_frame_outputs"][t] = self._store_memory(out, feats, sizes)
                 self._forget_old_memories(memory["non_cond_frame_outputs"], t)
-            yield out["pred_masks"]
+            yield out
 
     def _forget_old_memories(self, non_cond: dict, frame_idx: int) -> None:
         """Drop memories no later frame can read (older than ``num_maskmem`` and ``max_obj_ptrs`` frames)."""
