@@ -49,6 +49,7 @@ setup(
         "console_scripts": [
             "sa2va-ground=sa2va_ros.cli.ground:main",
             "sa2va-convert=sa2va_ros.cli.convert:main",
+            "sa2va-train=sa2va_ros.cli.train:main",
         ],
     },
     zip_safe=False,

@@ -1,0 +1,50 @@
+"""Training samples from the synthetic tabletop world: referring images, referring clips, questions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from sa2va_ros.synthetic import sample_referring_image, sample_referring_video
+
+
+@dataclass(frozen=True)
+class TrainSample:
+    """One conversation turn grounded on frames; ``masks[i][t]`` is the mask of the i-th ``[SEG]`` on frame t."""
+
+    frames: list[np.ndarray]  # T x (H, W, 3) uint8 RGB; T = 1 for images
+    prompt: str  # the user turn, with "<image>"
+    answer: str  # the assistant turn, without the stop word
+    masks: list[list[np.ndarray]]  # per [SEG]: T x (H, W) bool
+    kind: str
+
+
+def synthetic_sample(
+    index: int, seed: int, mix: dict[str, float], size: tuple[int, int], video_frames: int
+) -> TrainSample:
+    """The ``index``-th training sample of a run: deterministic, so a resumed run sees the same data."""
+    rng = np.random.default_rng([seed, index])
+    kinds = sorted(mix)
+    weights = np.array([mix[k] for k in kinds], dtype=np.float64)
+    modality = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+    sample_seed = int(rng.integers(0, 2**31 - 1))
+    if modality == "image":
+        item = sample_referring_image(sample_seed, split="train", size=size)
+        frames, masks = [item.image], [[mask] for mask in item.target_masks]
+        prompt, answer, kind = item.prompt, item.answer, item.kind
+    else:
+        video = sample_referring_video(sample_seed, split="train", num_frames=video_frames, size=size)
+        frames, masks = video.frames, video.target_masks
+        prompt, answer, kind = video.prompt, video.answer, video.kind
+    return TrainSample(frames, "<image>\n" + prompt, answer, masks, kind)
+
+
+def sample_stream(start: int, seed: int, mix: dict[str, float], size: tuple[int, int], video_frames: int,
+                  stride: int = 1, offset: int = 0) -> Iterator[TrainSample]:
+    """Samples ``start + offset``, ``start + offset + stride``, ...: one disjoint stream per data-parallel rank."""
+    index = start * stride + offset
+    while True:
+        yield synthetic_sample(index, seed, mix, size, video_frames)
+        index += stride

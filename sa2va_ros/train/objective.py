@@ -1,0 +1,95 @@
+"""The Sa2VA training objective: next-token CE + BCE + Dice on the best-IoU mask (+ object score, IoU head)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sa2va_ros.model import Sa2VA
+from sa2va_ros.model.preprocess import to_pil
+
+from .config import TrainConfig
+from .data import TrainSample
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Per-mask soft Dice loss, ``[N, h, w]`` logits vs ``[N, h, w]`` targets in [0, 1] -> ``[N]``."""
+    prob = logits.sigmoid().flatten(1)
+    target = target.flatten(1)
+    return 1 - (2 * (prob * target).sum(-1) + eps) / (prob.sum(-1) + target.sum(-1) + eps)
+
+
+def soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of thresholded ``[N, M, h, w]`` logits with ``[N, h, w]`` targets -> ``[N, M]`` (the IoU head target)."""
+    pred = (logits > 0).float().flatten(2)
+    gt = (target > 0.5).float().flatten(1)[:, None]
+    inter = (pred * gt).sum(-1)
+    union = pred.sum(-1) + gt.sum(-1) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+class Sa2VAObjective(nn.Module):
+    """Wraps a Sa2VA model so one ``forward(sample)`` returns its losses (what DDP/accelerate wrap)."""
+
+    def __init__(self, model: Sa2VA, config: TrainConfig) -> None:
+        super().__init__()
+        if model.family != "internvl":
+            raise NotImplementedError("the training recipe supports InternVL-based Sa2VA models")
+        self.model = model
+        self.config = config
+        stop = model.template.stop_words[0] if model.template.stop_words else model.tokenizer.eos_token
+        self.answer_suffix = stop
+
+    def forward(self, sample: TrainSample) -> dict[str, torch.Tensor]:
+        model, cfg = self.model, self.config
+        images = [to_pil(frame) for frame in sample.frames]
+        if len(images) == 1:
+            prompt = model._internvl_prompt_embeds(sample.prompt, images[0], None)
+        else:
+            prompt = model._internvl_prompt_embeds(sample.prompt, None, images[: model.config.max_llm_frames])
+        answer_ids = model.tokenizer.encode(sample.answer + self.answer_suffix, add_special_tokens=False)
+        answer = torch.tensor(answer_ids, device=prompt.device)  # [A]
+        embeds = torch.cat([prompt, model.mllm.get_input_embeddings()(answer)[None]], dim=1)  # [1, L + A, D]
+        hidden = model.mllm.model.language_model(inputs_embeds=embeds).last_hidden_state[0]  # [L + A, D]
+        start = prompt.size(1)
+        logits = model.mllm.lm_head(hidden[start - 1 : start - 1 + answer.numel()])  # predicts each answer token
+        losses = {"ce": F.cross_entropy(logits.float(), answer)}
+        seg_hidden = hidden[start:][answer == model.seg_token_id]  # [SEG] fed as input -> [N, D]
+        if seg_hidden.size(0) != len(sample.masks):
+            raise ValueError(f"answer has {seg_hidden.size(0)} [SEG] but the sample has {len(sample.masks)} masks")
+        zero = hidden.new_zeros(())
+        losses.update(bce=zero, dice=zero, object_score=zero, iou=zero)
+        if seg_hidden.size(0):
+            losses.update(self._mask_losses(sample, model.text_hidden_fcs(seg_hidden)))
+        losses["total"] = (
+            cfg.ce_weight * losses["ce"]
+            + cfg.bce_weight * losses["bce"]
+            + cfg.dice_weight * losses["dice"]
+            + cfg.object_score_weight * (losses["object_score"] + losses["iou"])
+        )
+        return losses
+
+    def _mask_losses(self, sample: TrainSample, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Frame by frame: language-conditioned frames (official), or frame 0 conditioned + memory after it."""
+        sam = self.model.grounding_encoder
+        pixels = sam.preprocess(sample.frames).to(embeddings.device)  # [T, 3, S, S]
+        num_cond = 1 if self.config.train_memory else len(sample.frames)
+        bce, dice, score, iou = [], [], [], []
+        for t, out in enumerate(sam.language_video_inference(pixels, embeddings, num_cond)):
+            size = out["pred_masks"].shape[-2:]
+            target = torch.stack([torch.from_numpy(masks[t]).float() for masks in sample.masks])[:, None]
+            target = F.interpolate(target.to(embeddings.device), size=size, mode="area")[:, 0]  # [N, h, w]
+            pred = out["pred_masks"][:, 0].float()
+            bce.append(F.binary_cross_entropy_with_logits(pred, target, reduction="none").flatten(1).mean(-1))
+            dice.append(dice_loss(pred, target))
+            present = (target.flatten(1).amax(-1) > 0.5).float()
+            score.append(F.binary_cross_entropy_with_logits(out["object_score_logits"].float()[:, 0], present))
+            actual = soft_iou(out["multimask_logits"].detach().float(), target)
+            iou.append(F.mse_loss(out["iou_predictions"].float(), actual))
+        return {
+            "bce": torch.cat(bce).mean(),
+            "dice": torch.cat(dice).mean(),
+            "object_score": torch.stack(score).mean(),
+            "iou": torch.stack(iou).mean(),
+        }

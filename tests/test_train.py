@@ -1,0 +1,132 @@
+"""The training recipe on a tiny configuration: losses, policies, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sa2va_ros.model import Sa2VA
+from sa2va_ros.train import LoraSettings, TrainConfig, load_train_config, train
+from sa2va_ros.train.data import synthetic_sample
+from sa2va_ros.train.loop import build_model
+from sa2va_ros.train.objective import Sa2VAObjective, dice_loss, soft_iou
+from sa2va_ros.train.policy import apply_policy
+
+TINY = {"hidden": 32, "layers": 1, "tile_size": 28, "sam_image_size": 64, "max_dynamic_patch": 1}
+
+
+def _config(tmp_path, **fields) -> TrainConfig:
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        preset_overrides=TINY,
+        image_size=(48, 64),
+        video_frames=2,
+        steps=3,
+        batch_size=2,
+        lr=1e-3,
+        checkpoint_every=2,
+        log_every=1,
+        train_memory=True,
+    )
+    base.update(fields)
+    return TrainConfig(**base)
+
+
+def test_dice_and_iou_hand_cases():
+    logits = torch.tensor([[[10.0, 10.0], [-10.0, -10.0]]])  # predicts the top row
+    target = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    # Dice: 1 - (2·1 + 1) / (2 + 1 + 1) = 0.25 (sigmoid(±10) rounds to 1/0 here)
+    torch.testing.assert_close(dice_loss(logits, target), torch.tensor([0.25]), atol=1e-4, rtol=0)
+    assert soft_iou(logits[:, None], target).item() == pytest.approx(0.5)
+    assert soft_iou(-logits[:, None].abs(), torch.zeros_like(target)).item() == 1.0  # both empty
+
+
+def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):
+    config = _config(tmp_path)
+    model = build_model(config)
+    objective = Sa2VAObjective(model, config).train()
+    sample = synthetic_sample(3, 0, {"video": 1.0}, (48, 64), 2)
+    losses = objective(sample)
+    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "total"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    assert model.text_hidden_fcs[0].weight.grad is not None
+    assert model.grounding_encoder.memory_attention.layers[0].cross_attn_image.q_proj.weight.grad is not None
+    broken = type(sample)(sample.frames, sample.prompt, sample.answer, [], sample.kind)
+    if "[SEG]" in sample.answer:
+        with pytest.raises(ValueError, match=r"\[SEG\]"):
+            objective(broken)
+
+
+def test_loss_decreases_on_a_repeated_sample(tmp_path):
+    config = _config(tmp_path)
+    model = build_model(config)
+    objective = Sa2VAObjective(model, config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    sample = synthetic_sample(0, 0, {"image": 1.0}, (48, 64), 2)
+    first = None
+    for _ in range(8):
+        loss = objective(sample)["total"]
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(objective(sample)["total"]) < 0.7 * first
+
+
+def test_resume_is_exact(tmp_path):
+    config = _config(tmp_path)
+    final = train(config)
+    log = [json.loads(line) for line in (tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").is_file()
+    reference = Sa2VA.from_pretrained(final).state_dict()
+    shutil.rmtree(final)  # as if the run had died after its step-2 checkpoint
+    resumed = Sa2VA.from_pretrained(train(config)).state_dict()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_official_policy_trains_lora_decoder_projector_only(tmp_path):
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    config = _config(tmp_path, policy="official", lora=lora)
+    model = build_model(config)
+    trainable = {id(p) for p in apply_policy(model, config)}
+    names = [n for n, p in model.named_parameters() if id(p) in trainable]
+    assert any("lora_" in n for n in names)
+    assert all(
+        "lora_" in n or n.startswith(("text_hidden_fcs", "grounding_encoder.sam_mask_decoder",
+                                      "mllm.model.multi_modal_projector"))
+        for n in names
+    )
+    frozen = dict(model.named_parameters())
+    assert not frozen["mllm.model.vision_tower.embeddings.cls_token"].requires_grad
+    assert not frozen["grounding_encoder.image_encoder.trunk.pos_embed"].requires_grad
+
+
+def test_official_policy_checkpoint_has_lora_merged(tmp_path):
+    config = _config(tmp_path, policy="official", steps=1)
+    config.lora.r, config.lora.alpha = 4, 8
+    final = train(config)
+    loaded = Sa2VA.from_pretrained(final)  # loads strictly: no adapter keys left
+    assert not any("lora" in k for k in loaded.state_dict())
+
+
+def test_yaml_config_round_trip_and_errors(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("output_dir: out\ninit_preset: internvl-qwen2\nsteps: 5\nimage_size: [32, 48]\n")
+    config = load_train_config(path)
+    assert config.steps == 5 and config.image_size == (32, 48)
+    path.write_text("output_dir: out\nsteps: 5\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown training config keys \\['learning_rate'\\]"):
+        load_train_config(path)
+    path.write_text("output_dir: out\npolicy: half\n")
+    with pytest.raises(ValueError, match="policy must be"):
+        load_train_config(path)
+
+
+def test_bundled_training_config_is_valid():
+    config = load_train_config("config/train/tiny_synthetic.yaml")
+    assert config.init_preset == "internvl-qwen2" and config.train_memory
