@@ -34,6 +34,8 @@ setup(
         "sam2>=1.0",
         "transformers>=5.0,<6",
         "tokenizers>=0.21",
+        "sentencepiece>=0.2",
+        "protobuf>=4",
         "opencv-python-headless>=4.9",
         "rosbags>=0.10",
         "rosbags-image>=0.10",

@@ -99,13 +99,13 @@ class Sa2VA(nn.Module):
             tokenizer = load_tokenizer(path)
             state = read_state_dict(path)
             if config.family != "internvl":
-                processor = _load_processor(path, tokenizer)
+                processor = load_processor(path, tokenizer)
         elif model_type == "sa2va_chat":
             from .convert import load_official
 
             config, state, tokenizer = load_official(path)
             if config.family != "internvl":
-                processor = _load_processor(path, tokenizer)
+                processor = load_processor(path, tokenizer)
         else:
             raise CheckpointError(
                 f"{config_file}: model_type {model_type!r} is neither 'sa2va_ros' nor 'sa2va_chat'"
@@ -507,7 +507,8 @@ def _region_cells(mask_prompts: Any, grid: int) -> list[torch.Tensor]:
     return [cell.bool() for cell in cells]
 
 
-def _load_processor(path: Path, tokenizer: PreTrainedTokenizerBase) -> Any:
+def load_processor(path: Path, tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The Qwen-VL processor (image processor + chat template) saved beside a checkpoint."""
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(str(path), tokenizer=tokenizer, trust_remote_code=False)

@@ -131,11 +131,11 @@ def tiny_model(
     processor = tiny_qwen_processor(tokenizer, config) if family == "qwen2_5_vl" else None
     torch.manual_seed(seed)
     model = Sa2VA(config, tokenizer, processor)
-    _reinit(model, seed)
+    reinit_parameters(model, seed)
     return model
 
 
-def _reinit(model: Sa2VA, seed: int) -> None:
+def reinit_parameters(model: Sa2VA, seed: int) -> None:
     """Give every parameter a deterministic, non-trivial random value (no zero-init shortcuts)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
