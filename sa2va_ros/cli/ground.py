@@ -22,6 +22,19 @@ def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndar
     return out.clip(0, 255).astype(np.uint8)
 
 
+def load_model(path: str | None, device: str):
+    """The given checkpoint; with none, the bundled model, or a random tiny one (and a notice) while none is bundled."""
+    from sa2va_ros.model import Sa2VA
+    from sa2va_ros.model.modeling import bundled_model_available
+
+    if path is None and not bundled_model_available():
+        from sa2va_ros.model.presets import tiny_model
+
+        print("sa2va-ground: no bundled model in this install; using a random tiny model (its masks mean nothing)")
+        return tiny_model("internvl-qwen2").to(device)
+    return Sa2VA.from_pretrained(path, device=device)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sa2va-ground", description=__doc__)
     parser.add_argument("--model", help="checkpoint directory (project or official format); default: bundled")
@@ -32,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene")
     args = parser.parse_args(argv)
 
-    from sa2va_ros.model import CheckpointError, Sa2VA
+    from sa2va_ros.model import CheckpointError
 
     if args.image:
         image = np.asarray(Image.open(args.image).convert("RGB"))
@@ -41,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
         image = sample_referring_image(args.seed, split="test", size=(240, 320), target=("blue", "mug")).image
     try:
-        model = Sa2VA.from_pretrained(args.model, device=args.device)
+        model = load_model(args.model, args.device)
     except (CheckpointError, ValueError) as exc:
         print(f"sa2va-ground: {exc}", file=sys.stderr)
         return 1

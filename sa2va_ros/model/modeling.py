@@ -514,9 +514,16 @@ def load_processor(path: Path, tokenizer: PreTrainedTokenizerBase) -> Any:
     return AutoProcessor.from_pretrained(str(path), tokenizer=tokenizer, trust_remote_code=False)
 
 
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "sa2va_tiny"
+
+
+def bundled_model_available() -> bool:
+    return (BUNDLED_MODEL_DIR / "config.json").is_file()
+
+
 def default_model_path() -> Path:
     """The bundled tiny demo checkpoint (package data)."""
-    path = Path(__file__).resolve().parent.parent / "assets" / "sa2va_tiny"
-    if not (path / "config.json").is_file():
+    path = BUNDLED_MODEL_DIR
+    if not bundled_model_available():
         raise CheckpointError(f"{path}: the bundled demo model is missing; pass a checkpoint path")
     return path
