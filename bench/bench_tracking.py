@@ -1,0 +1,236 @@
+"""Streaming tracker benchmarks, side by side with Meta's SAM2VideoPredictor on the same weights and frames.
+
+Measures (CPU; torch threads pinned and reported):
+  1. per-frame cost, 1 target: tracker.step vs one step of SAM2VideoPredictor.propagate_in_video
+     (interleaved frame by frame so both see the same machine load);
+  2. 8 targets vs 1 target (tracker; and the predictor with 8 objects for reference);
+  3. RSS growth over a long stream (tiny config);
+  4. catch-up cost: add_target(at=now-k) for k buffered frames.
+
+Commands used for bench/RESULTS_tracking.md:
+  .venv/bin/python bench/bench_tracking.py --config tiny --frames 60 --multi-frames 30 --rss-frames 5000 --threads 1
+  .venv/bin/python bench/bench_tracking.py --config sam2.1_hiera_t --frames 6 --multi-frames 3 \
+      --no-reference-multi --sections 1,2 --threads 1
+  .venv/bin/python bench/bench_tracking.py --config sam2.1_hiera_t --frames 6 --sections 4 --catch-up 1,4,8 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # silence the predictor's progress bars
+
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+
+from sa2va_ros.model.sam2_grounding import build_sam2, bundled_sam2_config, tiny_sam2_config
+from sa2va_ros.tracking import StreamingTracker, TrackerConfig
+from sa2va_ros.tracking.reference import build_reference_predictor
+
+
+def write_clip(folder: Path, num_frames: int, size: int, num_objects: int) -> tuple[list[np.ndarray], list]:
+    """``num_objects`` noisy moving squares as ``size``² JPEGs; decoded frames + frame-0 masks."""
+    rng = np.random.default_rng(0)
+    side = size // 8
+    starts = [(size // 10 + (i % 4) * size // 5, size // 10 + (i // 4) * size // 3) for i in range(num_objects)]
+    frames = []
+    for t in range(num_frames):
+        image = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+        for i, (x0, y0) in enumerate(starts):
+            dx = (t * max(1, size // 128)) % (size // 6)
+            image[y0 : y0 + side, x0 + dx : x0 + dx + side] = (60 + 25 * i, 200 - 15 * i, 40 + 20 * i)
+        path = folder / f"{t:05d}.jpg"
+        Image.fromarray(image).save(path, quality=95)
+        frames.append(np.array(Image.open(path).convert("RGB")))
+    masks = []
+    for x0, y0 in starts:
+        mask = np.zeros((size, size), bool)
+        mask[y0 : y0 + side, x0 : x0 + side] = True
+        masks.append(mask)
+    return frames, masks
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call. With one torch thread, CPU time is the stable measure on a
+    shared machine; wall time is what a robot sees on an idle one."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def mean(samples: list[tuple[float, float]], which: int) -> float:
+    return statistics.fmean(sample[which] for sample in samples)
+
+
+def summary(samples: list[tuple[float, float]]) -> str:
+    wall_median = statistics.median(sample[0] for sample in samples)
+    return (
+        f"wall mean {1000 * mean(samples, 0):9.2f} ms (median {1000 * wall_median:9.2f})"
+        f" | CPU mean {1000 * mean(samples, 1):9.2f} ms"
+    )
+
+
+def ratio(ours: list[tuple[float, float]], theirs: list[tuple[float, float]]) -> str:
+    return f"wall {mean(ours, 0) / mean(theirs, 0):.3f}, CPU {mean(ours, 1) / mean(theirs, 1):.3f}"
+
+
+def predictor_steps(predictor, folder: Path, masks: list) -> Iterator[object]:
+    """Meta's offline path; yields once per propagated frame (frame 0 is the prompted one)."""
+    state = predictor.init_state(str(folder), offload_video_to_cpu=True)
+    for obj_id, mask in enumerate(masks, start=1):
+        predictor.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=mask)
+    yield from predictor.propagate_in_video(state)
+
+
+def per_frame_cost(predictor, model, folder, frames, masks, steady_from: int) -> None:
+    """1 target: tracker.step vs one predictor propagation step, interleaved frame by frame."""
+    tracker = StreamingTracker(model)
+    tracker.add_target(1, frames[0], mask=masks[0])
+    reference = predictor_steps(predictor, folder, masks[:1])
+    next(reference)  # frame 0: the prompted frame (memory encoding of the prompt)
+    ours, theirs = [], []
+    for frame in frames[1:]:
+        theirs.append(timed(lambda: next(reference)))
+        ours.append(timed(lambda frame=frame: tracker.step(frame)))
+    with torch.inference_mode():
+        image = torch.zeros(1, 3, model.image_size, model.image_size)
+        encoder = [timed(lambda: model.forward_image(image)) for _ in range(3)]
+    print("\n[1] per-frame cost, 1 target (frames 1..N-1)")
+    print(f"  SAM2VideoPredictor   {summary(theirs)}")
+    print(f"  StreamingTracker     {summary(ours)}")
+    print(f"  image encoder alone  {summary(encoder)}")
+    print(f"  ratio tracker / predictor: {ratio(ours, theirs)}  (goal <= 0.8)")
+    if len(frames) > steady_from + 1:
+        print(f"  steady state, frames >= {steady_from + 1} (full memory):")
+        print(f"  SAM2VideoPredictor   {summary(theirs[steady_from:])}")
+        print(f"  StreamingTracker     {summary(ours[steady_from:])}")
+        print(f"  ratio tracker / predictor, steady state: {ratio(ours[steady_from:], theirs[steady_from:])}")
+
+
+def multi_target_cost(predictor, model, folder, frames, masks, num_targets: int, with_reference: bool) -> None:
+    """num_targets vs 1 target on the same frames (tracker batched; the predictor loops over objects)."""
+    single, multi = StreamingTracker(model), StreamingTracker(model)
+    single.add_target(1, frames[0], mask=masks[0])
+    for i in range(num_targets):
+        multi.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
+    reference = predictor_steps(predictor, folder, masks[:num_targets]) if with_reference else None
+    if reference is not None:
+        next(reference)
+    one, many, theirs = [], [], []
+    for frame in frames[1:]:
+        one.append(timed(lambda frame=frame: single.step(frame)))
+        many.append(timed(lambda frame=frame: multi.step(frame)))
+        if reference is not None:
+            theirs.append(timed(lambda: next(reference)))
+    print(f"\n[2] {num_targets} targets vs 1 target (frames 1..N-1)")
+    print(f"  tracker, 1 target              {summary(one)}")
+    print(f"  tracker, {num_targets} targets (batched)    {summary(many)}")
+    print(f"  ratio {num_targets} / 1: {ratio(many, one)}  (goal <= 2.5)")
+    if theirs:
+        print(f"  SAM2VideoPredictor, {num_targets} objects  {summary(theirs)}")
+        print(f"  ratio tracker / predictor at {num_targets} objects: {ratio(many, theirs)}")
+
+
+def rss_growth(model, frames, masks, num_frames: int) -> None:
+    """RSS over a long stream with 2 targets; the first 200 frames are warm-up."""
+    process = psutil.Process()
+    tracker = StreamingTracker(model, TrackerConfig())
+    tracker.add_target(1, frames[0], mask=masks[0])
+    tracker.add_target(2, frames[0 + 1], mask=masks[1 % len(masks)])
+    gc.collect()
+    checkpoints = sorted({200, *range(1000, num_frames + 1, 1000), num_frames})
+    rss = {}
+    start = time.perf_counter()
+    for t in range(2, num_frames + 1):
+        tracker.step(frames[t % len(frames)])
+        if t in checkpoints:
+            rss[t] = process.memory_info().rss / 2**20
+    elapsed = time.perf_counter() - start
+    print(
+        f"\n[3] RSS over {num_frames} frames, 2 targets ({elapsed:.0f} s, {1000 * elapsed / num_frames:.1f} ms/frame)"
+    )
+    print("  " + "  ".join(f"{t}: {mib:.1f} MiB" for t, mib in rss.items()))
+    growth = rss[num_frames] - rss[200]
+    print(f"  growth frame 200 -> {num_frames}: {growth:+.1f} MiB  (goal <= 50 MB)")
+    print(f"  memory_stats: {tracker.memory_stats()}")
+
+
+def catch_up_cost(model, frames, masks, ks: list[int]) -> None:
+    """add_target(at=now-k): condition on a buffered keyframe and propagate k frames to the present."""
+    tracker = StreamingTracker(model, TrackerConfig(feature_buffer=max(ks) + 1))
+    tracker.add_target(1, frames[0], mask=masks[0])
+    steps = [timed(lambda t=t: tracker.step(frames[t % len(frames)])) for t in range(1, max(ks) + 2)]
+    now = tracker.frames_seen - 1
+    print("\n[4] catch-up cost (1 target already tracked; one new target from a buffered keyframe)")
+    print(f"  step(), for scale: {summary(steps)}")
+    for k in ks:
+        costs = []
+        for _ in range(2):
+            costs.append(timed(lambda k=k: tracker.add_target(2, at=now - k, mask=masks[1 % len(masks)])))
+            tracker.remove_target(2)
+        wall, cpu = min(costs)
+        print(
+            f"  k = {k:2d}: wall {1000 * wall:9.2f} ms, CPU {1000 * cpu:9.2f} ms"
+            f"  ({1000 * cpu / k:.2f} ms CPU per caught-up frame; best of 2)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="tiny", help="tiny, or a bundled variant such as sam2.1_hiera_t")
+    parser.add_argument("--frames", type=int, default=60, help="clip length for [1]")
+    parser.add_argument("--multi-frames", type=int, default=30, help="clip length for [2]")
+    parser.add_argument("--targets", type=int, default=8)
+    parser.add_argument("--no-reference-multi", action="store_true", help="skip the predictor with N objects")
+    parser.add_argument("--rss-frames", type=int, default=5000, help="0 to skip [3]")
+    parser.add_argument("--catch-up", default="1,4,8", help="k values for [4]; empty to skip")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sections", default="1,2,3,4", help="which measurements to run")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.config == "tiny":
+        model_cfg = tiny_sam2_config(128)
+        predictor = build_reference_predictor("sam2_hiera_t", model_cfg)
+    else:
+        model_cfg = bundled_sam2_config(args.config)
+        predictor = build_reference_predictor(args.config)
+    model = build_sam2(model_cfg, sa2va=False)
+    model.load_state_dict(predictor.state_dict())
+    print(
+        f"config {args.config}: image {model.image_size}², torch {torch.__version__}, "
+        f"torch.set_num_threads({torch.get_num_threads()}), CPU: {os.cpu_count()} logical cores"
+    )
+
+    sections = {int(section) for section in args.sections.split(",")}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "per_frame"
+        folder.mkdir()
+        frames, masks = write_clip(folder, args.frames, model.image_size, max(2, args.targets))
+        if 1 in sections:
+            per_frame_cost(predictor, model, folder, frames, masks, steady_from=model.max_obj_ptrs_in_encoder)
+        if 2 in sections:
+            multi_folder = Path(tmp) / "multi"
+            multi_folder.mkdir()
+            multi_frames, multi_masks = write_clip(multi_folder, args.multi_frames, model.image_size, args.targets)
+            multi_target_cost(
+                predictor, model, multi_folder, multi_frames, multi_masks, args.targets, not args.no_reference_multi
+            )
+    if 3 in sections and args.rss_frames:
+        rss_growth(model, frames, masks, args.rss_frames)
+    if 4 in sections and args.catch_up:
+        catch_up_cost(model, frames, masks, [int(k) for k in args.catch_up.split(",")])
+
+
+if __name__ == "__main__":
+    main()
