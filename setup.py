@@ -52,6 +52,7 @@ setup(
             "sa2va-ground=sa2va_ros.cli.ground:main",
             "sa2va-convert=sa2va_ros.cli.convert:main",
             "sa2va-train=sa2va_ros.cli.train:main",
+            "sa2va_node=sa2va_ros.node:main",
         ],
     },
     zip_safe=False,
