@@ -181,3 +181,22 @@ def test_keyframe_indices_spread_and_keep_last():
     assert _keyframe_indices(3, 5) == [0, 1, 2]
     assert _keyframe_indices(9, 5) == [0, 2, 4, 6, 8]
     assert _keyframe_indices(7, 1) == [6]
+
+
+def test_multi_turn_chat_prepends_the_past_conversation(internvl, monkeypatch):
+    """Official semantics: the prompt is ``past_text`` + the template's user turn for the new text."""
+    seen = {}
+    original = internvl._greedy_decode
+
+    def capture(embeds, max_new_tokens):
+        seen["embeds"] = embeds
+        return original(embeds, max_new_tokens)
+
+    monkeypatch.setattr(internvl, "_greedy_decode", capture)
+    past = internvl.template.user_turn("What is on the table?") + "A blue mug.<|im_end|>\n"
+    with scripted_answer(internvl, "Sure, it is blue."):
+        out = internvl.predict_forward(text="What colour is it?", past_text=past)
+    ids = internvl.tokenizer.encode(past + internvl.template.user_turn("What colour is it?"))
+    expected = internvl.mllm.get_input_embeddings()(torch.tensor([ids]))
+    torch.testing.assert_close(seen["embeds"], expected)
+    assert out["prediction"] == "Sure, it is blue.<|im_end|>"

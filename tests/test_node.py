@@ -28,8 +28,6 @@ from typing import Any  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import rclpy  # noqa: E402
-import torch  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
@@ -51,27 +49,13 @@ from sa2va_ros.ros_io import decode_label_mask, qos_profile_from_params, qos_pro
 from sa2va_ros.synthetic import sample_referring_video  # noqa: E402
 from sa2va_ros.targets_schema import parse_targets  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parent.parent
 SIZE = (64, 80)  # H, W
-WAIT_S = 20.0  # every wait fails after this instead of hanging
+WAIT_S = 60.0  # every wait fails after this instead of hanging (generous: CI machines can be busy)
 FRAME_ID = "camera_color_optical_frame"
 KEEP_TRACKING = [Parameter("lost_score_threshold", value=-1e6), Parameter("reground_lost", value=False)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ros_context() -> Iterator[Context]:
-    context = Context()
-    rclpy.init(context=context, domain_id=ROS_DOMAIN_ID)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 class ScriptedModel:

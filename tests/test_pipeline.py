@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -34,18 +34,12 @@ from sa2va_ros.synthetic import sample_referring_video
 from sa2va_ros.targets_schema import parse_targets
 from sa2va_ros.tracking import LOST, TRACKING, StreamingTracker, TrackerConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = (64, 80)  # H, W
 WAIT_S = 20.0  # upper bound of every wait; a hang fails the test instead of stalling the suite
 ALWAYS_TRACKING = TrackerConfig(lost_score_threshold=-1e6)  # random weights: keep targets "tracking"
 ALWAYS_ABSENT = TrackerConfig(lost_score_threshold=1e6, lost_after_frames=3)  # random weights: force "lost"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,13 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 from typing import Any  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import rclpy  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -153,14 +152,6 @@ def png_claiming_size(width: int, height: int) -> bytes:
 
 
 # ---------------------------------------------------------------- DDS round trip
-
-
-@pytest.fixture(scope="module")
-def ros_context() -> Iterator[Context]:
-    context = Context()
-    rclpy.init(context=context, domain_id=ROS_DOMAIN_ID)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 def spin_until(

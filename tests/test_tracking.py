@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -13,17 +11,10 @@ from sa2va_ros.model.sam2_grounding import build_sam2, tiny_sam2_config
 from sa2va_ros.tracking import LOST, TRACKING, FrameNotBufferedError, StreamingTracker, TrackerConfig
 from sa2va_ros.tracking.tracker import mask_box
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 HEIGHT, WIDTH = 96, 128
 ATOL = 1e-5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
