@@ -53,6 +53,8 @@ setup(
             "sa2va-convert=sa2va_ros.cli.convert:main",
             "sa2va-train=sa2va_ros.cli.train:main",
             "sa2va_node=sa2va_ros.node:main",
+            "sa2va-make-bag=sa2va_ros.cli.make_bag:main",
+            "sa2va-bag-eval=sa2va_ros.cli.bag_eval:main",
         ],
     },
     zip_safe=False,
