@@ -506,7 +506,9 @@ def test_the_node_as_a_separate_process_serves_answers_and_follows_lifecycle_req
         [sys.executable, "-m", "sa2va_ros.node", "--ros-args", "--params-file", str(REPO / "config" / "sa2va.yaml"),
          "-p", f"model_path:={tmp_path / 'tiny'}", "-p", "device:=cpu", "-p", "torch_threads:=1",
          "-p", "max_new_tokens:=6", "-r", "__ns:=/process", "-r", "image:=camera/image"],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        # other test modules set ROS_DOMAIN_ID at import too: give the child this module's domain explicitly
+        env={**os.environ, "PYTHONPATH": str(REPO), "ROS_DOMAIN_ID": str(ROS_DOMAIN_ID),
+             "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -515,8 +517,7 @@ def test_the_node_as_a_separate_process_serves_answers_and_follows_lifecycle_req
         harness = harness_factory("/process")
         camera = harness.node.create_publisher(Image, "camera/image", qos_profile_from_preset("sensor_data"))
         harness.image_pub = camera  # the node reads /process/camera/image through its remapping
-        # the process starts first: imports + model load take long on a busy machine
-        mask, payload = harness.frame(raw_image(clip[0], header(0)), timeout=300)
+        mask, payload = harness.frame(raw_image(clip[0], header(0)), timeout=120)  # the process starts first
         assert payload["targets"] == [] and mask.header.frame_id == FRAME_ID
         harness.command("what is on the table?")
         wait_until(lambda: harness.answers(), "the answer")
