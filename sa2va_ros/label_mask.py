@@ -55,3 +55,15 @@ def masks_from_label_image(labels: np.ndarray) -> dict[int, np.ndarray]:
     return {
         int(target_id): labels == target_id for target_id in np.unique(labels) if target_id != BACKGROUND_ID
     }
+
+
+OVERLAY_COLOURS = np.array([[255, 64, 64], [64, 200, 255], [255, 220, 0], [120, 255, 120]], dtype=np.float32)
+
+
+def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend each ``[N, H, W]`` mask onto the RGB image in its own colour."""
+    out = image.astype(np.float32)
+    for index, mask in enumerate(masks):
+        colour = OVERLAY_COLOURS[index % len(OVERLAY_COLOURS)]
+        out[mask] = (1 - alpha) * out[mask] + alpha * colour
+    return out.clip(0, 255).astype(np.uint8)

@@ -38,8 +38,8 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from sa2va_ros.cli.ground import OVERLAY_COLOURS, overlay
 from sa2va_ros.diagnostics import INTERNAL_PREFIX, ProblemLog, diagnostic_array, health_status
+from sa2va_ros.label_mask import OVERLAY_COLOURS, overlay
 from sa2va_ros.node_params import PARAMETER_NAMES, PARAMETERS, NodeParams, ParameterError, validate_parameters
 from sa2va_ros.pipeline import (
     Answer,

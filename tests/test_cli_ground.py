@@ -7,7 +7,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from sa2va_ros.cli.ground import main, overlay
+from sa2va_ros.cli.ground import main
+from sa2va_ros.label_mask import overlay
 
 
 def test_ground_writes_mask_overlay_and_result(tmp_path, capsys):

@@ -10,16 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-OVERLAY_COLOURS = np.array([[255, 64, 64], [64, 200, 255], [255, 220, 0], [120, 255, 120]], dtype=np.float32)
-
-
-def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend each ``[N, H, W]`` mask onto the RGB image in its own colour."""
-    out = image.astype(np.float32)
-    for index, mask in enumerate(masks):
-        colour = OVERLAY_COLOURS[index % len(OVERLAY_COLOURS)]
-        out[mask] = (1 - alpha) * out[mask] + alpha * colour
-    return out.clip(0, 255).astype(np.uint8)
+from sa2va_ros.label_mask import overlay
 
 
 def load_model(path: str | None, device: str):

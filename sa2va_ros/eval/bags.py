@@ -493,7 +493,7 @@ def _png_base64(draw: Callable[[Any], None]) -> str:
 
 def _overlay_png_base64(rgb: np.ndarray, labels: np.ndarray, gt: np.ndarray | None) -> str:
     """Predicted targets blended in colour, the ground-truth outline in white, as a base64 PNG."""
-    from sa2va_ros.cli.ground import overlay
+    from sa2va_ros.label_mask import overlay
 
     ids = [int(i) for i in np.unique(labels) if i]
     image = overlay(rgb, np.stack([labels == i for i in ids]) if ids else np.zeros((0, *labels.shape), bool))
