@@ -272,8 +272,7 @@ class Sa2VA(nn.Module):
 
     # ------------------------------------------------------------------ LLM side
     def _text_config(self) -> Any:
-        cfg = self.mllm.config if hasattr(self, "mllm") else self.config.build_mllm_config()
-        return cfg.get_text_config()
+        return self.mllm.config.get_text_config()
 
     def _generate(
         self,

@@ -108,3 +108,15 @@ def qwen_fetch_image(image: Image.Image, factor: int = 28) -> Image.Image:
         image.height, image.width, factor=factor, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28
     )
     return image.resize((width, height))
+
+
+def sam2_pixels(frame: np.ndarray, image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """RGB uint8 ``H×W×3`` -> ``[3, S, S]`` float32 SAM-2 input: PIL bicubic resize to S (aspect not kept, as
+    Sa2VA's ``DirectResize`` and Meta's JPEG loader do; a frame already at S×S is used as is), /255, ImageNet norm."""
+    frame = np.asarray(frame, dtype=np.uint8)
+    if frame.shape[:2] != (image_size, image_size):
+        frame = np.array(Image.fromarray(frame).resize((image_size, image_size), Image.BICUBIC))
+    pixels = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    return (pixels - mean) / std

@@ -12,13 +12,13 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from PIL import Image
 from sam2.modeling.sam2_base import NO_OBJ_SCORE, SAM2Base
+
+from .preprocess import sam2_pixels
 
 # Sa2VA's SAM-2 always predicts three masks and keeps the best-IoU one, with SAM-2's stability fallback.
 DECODER_EXTRA_ARGS = {
@@ -185,15 +185,7 @@ class Sa2VASam2(SAM2Base):
 
     def preprocess(self, frames: Sequence[Any]) -> torch.Tensor:
         """RGB uint8 frames (H×W×3) -> ``[T, 3, S, S]``: plain resize to S (aspect not kept), /255, ImageNet norm."""
-        return torch.stack([self._preprocess_one(frame) for frame in frames])
-
-    def _preprocess_one(self, frame: Any) -> torch.Tensor:
-        # Sa2VA's DirectResize: PIL's default (bicubic) resize of the uint8 RGB image.
-        pil = Image.fromarray(np.asarray(frame, dtype=np.uint8)).resize((self.image_size, self.image_size))
-        image = torch.from_numpy(np.array(pil)).permute(2, 0, 1).float() / 255.0  # [3, S, S]
-        mean = torch.tensor((0.485, 0.456, 0.406))[:, None, None]
-        std = torch.tensor((0.229, 0.224, 0.225))[:, None, None]
-        return (image - mean) / std
+        return torch.stack([sam2_pixels(frame, self.image_size) for frame in frames])
 
     def encode_frame(self, image: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list]:
         """``[1, 3, S, S]`` -> (vision feats ``[(HW), 1, C]`` per level, their pos encodings, feat sizes)."""

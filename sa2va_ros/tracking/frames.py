@@ -1,4 +1,4 @@
-"""Camera frames -> SAM-2 input: the tracker's frame policy and preprocessing.
+"""Camera frames: the tracker's frame policy (the SAM-2 input itself is ``model.preprocess.sam2_pixels``).
 
 Policy (one place, so every driver behaves the same):
 
@@ -12,12 +12,6 @@ Policy (one place, so every driver behaves the same):
 from __future__ import annotations
 
 import numpy as np
-import torch
-from PIL import Image
-
-# ImageNet statistics, as SAM-2's video loader and Sa2VA's SAM branch normalise.
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
 
 
 def as_rgb_frame(frame: np.ndarray, *, min_side: int, max_side: int) -> np.ndarray:
@@ -39,17 +33,3 @@ def as_rgb_frame(frame: np.ndarray, *, min_side: int, max_side: int) -> np.ndarr
             f"[{min_side}, {max_side}] pixels (TrackerConfig.min_frame_side / max_frame_side)"
         )
     return np.require(frame, requirements=("C", "W"))  # contiguous and writable (torch.from_numpy needs it)
-
-
-def frame_to_model_input(frame: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
-    """RGB uint8 ``H×W×3`` -> ``[1, 3, S, S]`` float32: PIL bicubic resize to S, /255, ImageNet mean/std.
-
-    PIL's default (bicubic) resize is what both Meta's JPEG loader and Sa2VA's ``DirectResize`` use; a frame
-    already at ``S×S`` is used as is.
-    """
-    if frame.shape[:2] != (image_size, image_size):
-        frame = np.array(Image.fromarray(frame).resize((image_size, image_size), Image.Resampling.BICUBIC))
-    pixels = torch.from_numpy(frame).to(device).permute(2, 0, 1).float().div_(255.0)  # [3, S, S]
-    mean = torch.tensor(IMAGE_MEAN, device=device)[:, None, None]
-    std = torch.tensor(IMAGE_STD, device=device)[:, None, None]
-    return ((pixels - mean) / std).unsqueeze(0)

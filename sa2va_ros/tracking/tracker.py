@@ -43,8 +43,9 @@ import torch.nn.functional as F
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 
+from sa2va_ros.model.preprocess import sam2_pixels
 from sa2va_ros.model.sam2_grounding import Sa2VASam2, language_forward_sam_heads
-from sa2va_ros.tracking.frames import as_rgb_frame, frame_to_model_input
+from sa2va_ros.tracking.frames import as_rgb_frame
 from sa2va_ros.tracking.memory import MemoryEntry, TargetMemory, spatial_memory_frames
 
 TRACKING = "tracking"
@@ -336,7 +337,7 @@ class StreamingTracker:
 
     def _advance(self, rgb: np.ndarray, skip: Sequence[int]) -> None:
         """Encode the next frame once, buffer its features and track every target not in ``skip``."""
-        image = frame_to_model_input(rgb, self.sam.image_size, self._device)  # [1, 3, S, S]
+        image = sam2_pixels(rgb, self.sam.image_size, self._device)[None]  # [1, 3, S, S]
         _, feats, pos, sizes = self.sam._prepare_backbone_features(self.sam.forward_image(image))
         if self._image_pos is None:
             self._image_pos = pos[-1]
