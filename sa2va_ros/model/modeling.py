@@ -188,7 +188,7 @@ class Sa2VA(nn.Module):
         scores = np.zeros((num,), dtype=np.float32)
         if num:
             sam = self.grounding_encoder
-            pixels = sam.preprocess(frames).to(self.device, self._sam_dtype())
+            pixels = sam.preprocess([np.asarray(img) for img in images]).to(self.device, self._sam_dtype())
             for t in range(len(images)):
                 with self._sam_autocast():
                     feats, pos, sizes = sam.encode_frame(pixels[t : t + 1])
