@@ -199,8 +199,6 @@ class Sa2VASam2(SAM2Base):
         pos: list[torch.Tensor],
         sizes: list,
         language_embd: torch.Tensor,
-        frame_idx: int = 0,
-        num_frames: int = 1,
     ) -> dict[str, torch.Tensor]:
         """An initial conditioning frame prompted only by language: ``no_mem_embed`` added, no memory read.
 
@@ -210,7 +208,7 @@ class Sa2VASam2(SAM2Base):
         batch = language_embd.size(0)
         feats = [f.expand(-1, batch, -1) for f in feats]
         pos = [p.expand(-1, batch, -1) for p in pos]
-        return self._language_track_step(frame_idx, True, feats, pos, sizes, {}, num_frames, language_embd)
+        return self._language_track_step(0, True, feats, pos, sizes, {}, 1, language_embd)
 
     def _language_track_step(
         self,
