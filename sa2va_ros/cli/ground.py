@@ -10,20 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sa2va_ros.cli.common import load_model
 from sa2va_ros.label_mask import overlay
-
-
-def load_model(path: str | None, device: str):
-    """The given checkpoint; with none, the bundled model, or a random tiny one (and a notice) while none is bundled."""
-    from sa2va_ros.model import Sa2VA
-    from sa2va_ros.model.modeling import bundled_model_available
-
-    if path is None and not bundled_model_available():
-        from sa2va_ros.model.presets import tiny_model
-
-        print("sa2va-ground: no bundled model in this install; using a random tiny model (its masks mean nothing)")
-        return tiny_model("internvl-qwen2").to(device)
-    return Sa2VA.from_pretrained(path, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
         image = sample_referring_image(args.seed, split="test", size=(240, 320), target=("blue", "mug")).image
     try:
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, "sa2va-ground")
     except (CheckpointError, ValueError) as exc:
         print(f"sa2va-ground: {exc}", file=sys.stderr)
         return 1
