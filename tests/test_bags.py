@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
+from test_eval_datasets import write_video_benchmark
 
 from sa2va_ros.cli import make_bag
 from sa2va_ros.eval.bags import (
@@ -18,8 +19,10 @@ from sa2va_ros.eval.bags import (
     read_bag_messages,
     score_frames,
     typestore_with_results,
+    write_dataset_bag,
     write_synthetic_bag,
 )
+from sa2va_ros.eval.datasets import load_dataset
 from sa2va_ros.eval.metrics import video_j_and_f
 from sa2va_ros.model.presets import tiny_model
 from sa2va_ros.ros_io import decode_image, decode_label_mask, stamp_to_ns
@@ -76,6 +79,49 @@ def test_make_bag_cli_refuses_an_existing_directory(tmp_path: Path, capsys: pyte
     assert make_bag.main([str(tmp_path / "b"), "--synthetic-seed", "1", "--frames", "2", "--size", "32", "40"]) == 0
     assert make_bag.main([str(tmp_path / "b"), "--synthetic-seed", "1", "--frames", "2"]) == 1
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["mevis", "ref-davis17"])
+def test_dataset_video_bag_holds_its_frames_the_expression_as_command_and_its_ground_truth(
+    tmp_path: Path, layout: str
+) -> None:
+    root = write_video_benchmark(tmp_path / layout, layout)
+    topics = BagTopics("/cam/image", "/cmd", "/gt")
+    info = write_dataset_bag(tmp_path / "bag", root, "vid_a", 1, rate_hz=RATE_HZ, storage="mcap", topics=topics)
+    sample = [s for s in load_dataset(root) if s.video_id == "vid_a"][1]
+    assert sample.expression == "both objects" and info.targets == 1
+    messages = list(read_bag_messages(tmp_path / "bag", topics))
+    assert [m.msg.data for m in messages if m.kind == "command"] == [info.command] == ["Please segment both objects."]
+    images = [m for m in messages if m.kind == "image"]
+    truths = [m for m in messages if m.kind == "ground_truth"]
+    assert [stamp_to_ns(m.msg.header.stamp) for m in images] == list(info.frame_stamps_ns)
+    assert [stamp_to_ns(m.msg.header.stamp) for m in truths] == list(info.frame_stamps_ns)
+    assert np.diff(info.frame_stamps_ns).tolist() == [round(1e9 / RATE_HZ)] * (sample.num_frames - 1)
+    for t, (image, truth) in enumerate(zip(images, truths, strict=True)):
+        np.testing.assert_array_equal(decode_image(image.msg), sample.load_frame(t))
+        labels = decode_label_mask(truth.msg)
+        np.testing.assert_array_equal(labels, sample.load_mask(t).astype(np.uint8))  # the union of both objects = 1
+
+
+def test_dataset_bag_without_ground_truth_and_the_make_bag_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_video_benchmark(tmp_path / "mevis", "mevis")
+    out = tmp_path / "bag"
+    assert make_bag.main([str(out), "--dataset", str(root), "--video", "vid_b", "--compressed"]) == 0
+    assert "command 'Please segment the cat.'" in capsys.readouterr().out
+    with AnyReader([out]) as reader:
+        assert {c.topic: c.msgtype for c in reader.connections}["/camera/image/compressed"] == (
+            "sensor_msgs/msg/CompressedImage")
+    assert make_bag.main([str(tmp_path / "b2"), "--dataset", str(root), "--video", "vid_a",
+                          "--expression-index", "3"]) == 1
+    assert "0: 'the red ball'; 1: 'both objects'; 2: 'nothing here'" in capsys.readouterr().err
+    assert make_bag.main([str(tmp_path / "b3"), "--dataset", str(root), "--video", "vid_z"]) == 1
+    assert "no video 'vid_z'" in capsys.readouterr().err
+    (root / "mask_dict.json").unlink()  # a split released without masks: frames and command only
+    info = write_dataset_bag(tmp_path / "b4", root, "vid_a", 0)
+    assert info.targets == 0 and info.command == "Please segment the red ball."
+    assert {m.kind for m in read_bag_messages(tmp_path / "b4", BagTopics())} == {"image", "command"}
 
 
 def test_ground_truth_is_matched_by_stamp_and_held_over_dropped_frames() -> None:
