@@ -55,6 +55,8 @@ setup(
             "sa2va_node=sa2va_ros.node:main",
             "sa2va-make-bag=sa2va_ros.cli.make_bag:main",
             "sa2va-bag-eval=sa2va_ros.cli.bag_eval:main",
+            "sa2va-eval=sa2va_ros.cli.eval:main",
+            "sa2va-demo=sa2va_ros.cli.demo:main",
         ],
     },
     zip_safe=False,
