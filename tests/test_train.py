@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sa2va_ros.model import Sa2VA
+from sa2va_ros.model.presets import tiny_model
 from sa2va_ros.train import LoraSettings, TrainConfig, load_train_config, train
 from sa2va_ros.train.data import synthetic_sample
 from sa2va_ros.train.loop import build_model
@@ -50,15 +51,55 @@ def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):
     objective = Sa2VAObjective(model, config).train()
     sample = synthetic_sample(3, 0, {"video": 1.0}, (48, 64), 2)
     losses = objective(sample)
-    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "total"}
+    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "points", "total"}
+    assert losses["points"].item() == 0.0  # point prompts are off unless configured
     assert all(torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
     assert model.text_hidden_fcs[0].weight.grad is not None
     assert model.grounding_encoder.memory_attention.layers[0].cross_attn_image.q_proj.weight.grad is not None
-    broken = type(sample)(sample.frames, sample.prompt, sample.answer, [], sample.kind)
+    broken = type(sample)(sample.frames, sample.prompt, sample.answer, [], sample.kind, sample.labels)
     if "[SEG]" in sample.answer:
         with pytest.raises(ValueError, match=r"\[SEG\]"):
             objective(broken)
+
+
+def test_point_prompts_train_sam2_and_the_warm_up_skips_the_llm(tmp_path):
+    config = _config(tmp_path, point_prompts=3, point_prompt_weight=0.5)
+    model = build_model(config)
+    objective = Sa2VAObjective(model, config).train()
+    sample = synthetic_sample(1, 0, {"image": 1.0}, (48, 64), 2)
+    assert len(set(sample.labels.ravel()) - {0}) >= 1  # frame 0's visible objects are in the sample
+    losses = objective(sample)
+    assert losses["points"].item() > 0
+    expected = (losses["ce"] + 2 * losses["bce"] + 0.5 * losses["dice"] + losses["object_score"] + losses["iou"]
+                + 0.5 * losses["points"])
+    torch.testing.assert_close(losses["total"], expected)
+
+    model.zero_grad()
+    warm_up = objective(sample, language=False)
+    assert warm_up["ce"].item() == 0.0 and warm_up["total"] is warm_up["points"]
+    warm_up["total"].backward()
+    sam = model.grounding_encoder
+    assert sam.image_encoder.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert sam.sam_mask_decoder.iou_prediction_head.layers[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.mllm.parameters())  # no LLM in the warm-up
+
+
+def test_training_init_keeps_sam2_mask_logits_in_a_trainable_range(tmp_path):
+    """``reinit_parameters`` (tests' random weights) puts SAM-2's mask logits far into sigmoid saturation, where
+    Dice learns nothing; training from scratch keeps each module's own initialisation."""
+    config = _config(tmp_path, point_prompts=4)
+    sample = synthetic_sample(1, 0, {"image": 1.0}, (48, 64), 2)
+
+    def logit_spread(model: Sa2VA) -> float:
+        sam = model.grounding_encoder
+        feats, pos, sizes = sam.encode_frame(sam.preprocess(sample.frames))
+        points = {"point_coords": torch.full((1, 1, 2), sam.image_size / 2), "point_labels": torch.ones(1, 1).int()}
+        return sam.decode_point_prompts(feats, pos, sizes, points)["multimask_logits"].std().item()
+
+    with torch.no_grad():
+        assert logit_spread(tiny_model(config.init_preset, seed=0, **TINY)) > 1.0
+        assert logit_spread(build_model(config)) < 1.0  # what sa2va-train starts from
 
 
 def test_loss_decreases_on_a_repeated_sample(tmp_path):
@@ -125,8 +166,15 @@ def test_yaml_config_round_trip_and_errors(tmp_path):
     path.write_text("output_dir: out\npolicy: half\n")
     with pytest.raises(ValueError, match="policy must be"):
         load_train_config(path)
+    path.write_text("output_dir: out\nsteps: 10\nsam_warmup_steps: 5\n")
+    with pytest.raises(ValueError, match="sam_warmup_steps needs point_prompts"):
+        load_train_config(path)
+    path.write_text("output_dir: out\nsteps: 10\nsam_warmup_steps: 10\npoint_prompts: 2\n")
+    with pytest.raises(ValueError, match="smaller than steps"):
+        load_train_config(path)
 
 
 def test_bundled_training_config_is_valid():
     config = load_train_config("config/train/tiny_synthetic.yaml")
     assert config.init_preset == "internvl-qwen2" and config.train_memory
+    assert 0 < config.sam_warmup_steps < config.steps and config.point_prompts > 0

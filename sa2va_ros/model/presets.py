@@ -43,6 +43,8 @@ def tiny_config(
     layers: int = 2,
     tile_size: int = 56,
     sam_image_size: int = 128,
+    vision_hidden: int = 32,
+    vision_layers: int = 1,
     **overrides: Any,
 ) -> Sa2VAConfig:
     """A tiny random-weight configuration of one family (special token ids come from the tiny tokenizer)."""
@@ -54,10 +56,10 @@ def tiny_config(
         mllm = {
             "model_type": "internvl",
             "vision_config": {
-                "hidden_size": 32,
-                "num_hidden_layers": 1,
+                "hidden_size": vision_hidden,
+                "num_hidden_layers": vision_layers,
                 "num_attention_heads": 2,
-                "intermediate_size": 64,
+                "intermediate_size": 2 * vision_hidden,
                 "image_size": [tile_size, tile_size],
                 "patch_size": [14, 14],
                 "use_qk_norm": family == "internvl-llama",
@@ -109,9 +111,17 @@ def tiny_config(
 
 
 def tiny_model(
-    family: str = "internvl-qwen2", seed: int = 0, corpus: Iterable[str] = (), **config_overrides: Any
+    family: str = "internvl-qwen2",
+    seed: int = 0,
+    corpus: Iterable[str] = (),
+    reinit: bool = True,
+    **config_overrides: Any,
 ) -> Sa2VA:
-    """A tiny random Sa2VA with a matching tokenizer (and processor for Qwen families), deterministic by seed."""
+    """A tiny random Sa2VA with a matching tokenizer (and processor for Qwen families), deterministic by seed.
+
+    ``reinit`` gives every parameter a non-trivial value (tests: no zero-init shortcuts); training from scratch
+    keeps each module's own initialisation (``reinit=False``), whose scale keeps SAM-2's mask logits trainable.
+    """
     tokenizer = build_tiny_tokenizer(corpus)
     config = tiny_config(family, vocab_size=len(tokenizer), **config_overrides)
     mllm = config.mllm_config
@@ -131,7 +141,8 @@ def tiny_model(
     processor = tiny_qwen_processor(tokenizer, config) if family == "qwen2_5_vl" else None
     torch.manual_seed(seed)
     model = Sa2VA(config, tokenizer, processor)
-    reinit_parameters(model, seed)
+    if reinit:
+        reinit_parameters(model, seed)
     return model
 
 

@@ -210,6 +210,17 @@ class Sa2VASam2(SAM2Base):
         pos = [p.expand(-1, batch, -1) for p in pos]
         return self._language_track_step(0, True, feats, pos, sizes, {}, 1, language_embd)
 
+    def decode_point_prompts(
+        self, feats: list[torch.Tensor], pos: list[torch.Tensor], sizes: list, point_inputs: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """An initial conditioning frame prompted by points (SAM-2's own task; the training recipe uses it to
+        teach a from-scratch SAM-2 objects and boundaries). ``point_coords`` ``[B, P, 2]`` in input pixels,
+        ``point_labels`` ``[B, P]``; features are expanded to batch B. Same output as the language path."""
+        batch = point_inputs["point_coords"].size(0)
+        feats = [f.expand(-1, batch, -1) for f in feats]
+        pos = [p.expand(-1, batch, -1) for p in pos]
+        return self._language_track_step(0, True, feats, pos, sizes, {}, 1, None, point_inputs)
+
     def _language_track_step(
         self,
         frame_idx: int,
@@ -220,8 +231,9 @@ class Sa2VASam2(SAM2Base):
         output_dict: dict,
         num_frames: int,
         language_embd: torch.Tensor | None,
+        point_inputs: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One step of SAM-2's video tracking (no point or mask prompts), with an optional language prompt."""
+        """One step of SAM-2's video tracking (no mask prompts), with an optional language or point prompt."""
         batch = feats[-1].size(1)
         high_res = [
             x.permute(1, 2, 0).reshape(batch, x.size(2), *s)
@@ -240,8 +252,9 @@ class Sa2VASam2(SAM2Base):
         )
         multi, _, ious, low_res, high_res_mask, obj_ptr, score = self._forward_sam_heads(
             backbone_features=pix_feat,
+            point_inputs=point_inputs,
             high_res_features=high_res or None,
-            multimask_output=self._use_multimask(is_init_cond_frame, None),
+            multimask_output=self._use_multimask(is_init_cond_frame, point_inputs),
             language_embd=language_embd,
         )
         return {

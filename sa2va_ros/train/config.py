@@ -48,6 +48,12 @@ class TrainConfig:
     dice_weight: float = 0.5
     object_score_weight: float = 1.0
     train_memory: bool = False  # also supervise frames propagated through SAM-2 memory (not in the official recipe)
+    # From-scratch aid (not in the official recipe, whose SAM-2 is pretrained): SAM-2 also segments up to
+    # ``point_prompts`` visible objects of frame 0 from one random point each; only that loss for the first
+    # ``sam_warmup_steps`` steps (no LLM), then weighted by ``point_prompt_weight`` beside the Sa2VA losses.
+    point_prompts: int = 0
+    point_prompt_weight: float = 1.0
+    sam_warmup_steps: int = 0
     # What trains: "full" (tiny models from scratch) or "official" (freeze encoders + LLM base, LoRA on the LLM,
     # train LoRA, text_hidden_fcs, the SAM-2 mask decoder and the projector).
     policy: str = "full"
@@ -67,6 +73,12 @@ class TrainConfig:
             problems.append("steps and batch_size must be >= 1")
         if not self.mix or any(v < 0 for v in self.mix.values()) or set(self.mix) - {"image", "video"}:
             problems.append(f"mix must weight 'image' and/or 'video' with non-negative numbers, got {self.mix}")
+        if self.point_prompts < 0 or self.point_prompt_weight < 0 or self.sam_warmup_steps < 0:
+            problems.append("point_prompts, point_prompt_weight and sam_warmup_steps must be >= 0")
+        if self.sam_warmup_steps and not self.point_prompts:
+            problems.append("sam_warmup_steps needs point_prompts > 0")
+        if self.sam_warmup_steps >= self.steps:
+            problems.append("sam_warmup_steps must be smaller than steps")
         if self.video_frames < 2 and self.mix.get("video", 0) > 0:
             problems.append("video_frames must be >= 2 when videos are mixed in")
         if problems:

@@ -19,6 +19,7 @@ class TrainSample:
     answer: str  # the assistant turn, without the stop word
     masks: list[list[np.ndarray]]  # per [SEG]: T x (H, W) bool
     kind: str
+    labels: np.ndarray  # (H, W) uint8 visible-instance label map of frame 0 (0 = background, i = object i - 1)
 
 
 def synthetic_sample(
@@ -32,13 +33,13 @@ def synthetic_sample(
     sample_seed = int(rng.integers(0, 2**31 - 1))
     if modality == "image":
         item = sample_referring_image(sample_seed, split="train", size=size)
-        frames, masks = [item.image], [[mask] for mask in item.target_masks]
+        frames, masks, labels = [item.image], [[mask] for mask in item.target_masks], item.labels
         prompt, answer, kind = item.prompt, item.answer, item.kind
     else:
         video = sample_referring_video(sample_seed, split="train", num_frames=video_frames, size=size)
-        frames, masks = video.frames, video.target_masks
+        frames, masks, labels = video.frames, video.target_masks, video.labels[0]
         prompt, answer, kind = video.prompt, video.answer, video.kind
-    return TrainSample(frames, "<image>\n" + prompt, answer, masks, kind)
+    return TrainSample(frames, "<image>\n" + prompt, answer, masks, kind, labels)
 
 
 def sample_stream(start: int, seed: int, mix: dict[str, float], size: tuple[int, int], video_frames: int,

@@ -34,7 +34,7 @@ def build_model(config: TrainConfig) -> Sa2VA:
     from sa2va_ros.synthetic.vocabulary import CLASSES, COLOURS
 
     corpus = [" ".join(CLASSES), " ".join(COLOURS)]
-    return tiny_model(config.init_preset, seed=config.seed, corpus=corpus, **config.preset_overrides)
+    return tiny_model(config.init_preset, seed=config.seed, corpus=corpus, reinit=False, **config.preset_overrides)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -89,7 +89,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     for step in progress:
         totals: dict[str, float] = {}
         for _ in range(config.batch_size):
-            losses = objective(next(samples))
+            losses = objective(next(samples), language=step >= config.sam_warmup_steps)
             accelerator.backward(losses["total"] / config.batch_size)
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + value.item() / config.batch_size

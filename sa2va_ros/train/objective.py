@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,8 +42,14 @@ class Sa2VAObjective(nn.Module):
         stop = model.template.stop_words[0] if model.template.stop_words else model.tokenizer.eos_token
         self.answer_suffix = stop
 
-    def forward(self, sample: TrainSample) -> dict[str, torch.Tensor]:
+    def forward(self, sample: TrainSample, language: bool = True) -> dict[str, torch.Tensor]:
+        """The losses of one sample; ``language=False`` is the SAM-2 warm-up (point prompts only, no LLM)."""
         model, cfg = self.model, self.config
+        if not language:
+            points = self._point_prompt_losses(sample)
+            zero = points.new_zeros(())
+            return {"ce": zero, "bce": zero, "dice": zero, "object_score": zero, "iou": zero,
+                    "points": points, "total": points}
         images = [to_pil(frame) for frame in sample.frames]
         if len(images) == 1:
             prompt = model._internvl_prompt_embeds(sample.prompt, images[0], None)
@@ -62,13 +69,50 @@ class Sa2VAObjective(nn.Module):
         losses.update(bce=zero, dice=zero, object_score=zero, iou=zero)
         if seg_hidden.size(0):
             losses.update(self._mask_losses(sample, model.text_hidden_fcs(seg_hidden)))
+        losses["points"] = self._point_prompt_losses(sample) if cfg.point_prompts else zero
         losses["total"] = (
             cfg.ce_weight * losses["ce"]
             + cfg.bce_weight * losses["bce"]
             + cfg.dice_weight * losses["dice"]
             + cfg.object_score_weight * (losses["object_score"] + losses["iou"])
+            + cfg.point_prompt_weight * losses["points"]
         )
         return losses
+
+    def _point_prompt_losses(self, sample: TrainSample) -> torch.Tensor:
+        """SAM-2 prompted by one random point inside each of up to ``point_prompts`` visible objects of frame 0:
+        mask loss on the best of the multimask candidates (as SAM trains), IoU head and object score."""
+        sam, cfg = self.model.grounding_encoder, self.config
+        device = next(sam.parameters()).device
+        ids = np.unique(sample.labels)
+        ids = ids[ids > 0]
+        if ids.size == 0:
+            return torch.zeros((), device=device)
+        chosen = ids[torch.randperm(ids.size)[: cfg.point_prompts].numpy()]
+        height, width = sample.labels.shape
+        coords = []
+        for object_id in chosen:
+            ys, xs = np.nonzero(sample.labels == object_id)
+            j = int(torch.randint(ys.size, ()))
+            coords.append([(xs[j] + 0.5) / width * sam.image_size, (ys[j] + 0.5) / height * sam.image_size])
+        points = {
+            "point_coords": torch.tensor(coords, dtype=torch.float32, device=device)[:, None],  # [K, 1, 2]
+            "point_labels": torch.ones(len(chosen), 1, dtype=torch.int32, device=device),  # [K, 1]
+        }
+        feats, pos, sizes = sam.encode_frame(sam.preprocess(sample.frames[:1]).to(device))
+        out = sam.decode_point_prompts(feats, pos, sizes, points)
+        multi = out["multimask_logits"].float()  # [K, M, h, w]
+        target = torch.from_numpy(np.stack([sample.labels == i for i in chosen])).float()[:, None].to(device)
+        target = F.interpolate(target, size=multi.shape[-2:], mode="area")[:, 0]  # [K, h, w]
+        expanded = target[:, None].expand_as(multi)
+        bce = F.binary_cross_entropy_with_logits(multi, expanded, reduction="none").flatten(2).mean(-1)  # [K, M]
+        dice = dice_loss(multi.flatten(0, 1), expanded.flatten(0, 1)).view_as(bce)
+        mask_loss = (cfg.bce_weight * bce + cfg.dice_weight * dice).amin(dim=1).mean()
+        iou = F.mse_loss(out["iou_predictions"].float(), soft_iou(multi.detach(), target))
+        score = F.binary_cross_entropy_with_logits(
+            out["object_score_logits"].float()[:, 0], torch.ones(len(chosen), device=device)
+        )
+        return mask_loss + cfg.object_score_weight * (iou + score)
 
     def _mask_losses(self, sample: TrainSample, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frame by frame: language-conditioned frames (official), or frame 0 conditioned + memory after it."""
