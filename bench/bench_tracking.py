@@ -1,6 +1,7 @@
 """Streaming tracker benchmarks, side by side with Meta's SAM2VideoPredictor on the same weights and frames.
 
-Measures (CPU; torch threads pinned and reported):
+Measures (CPU, torch threads pinned and reported; or ``--device cuda``, where both run under bf16 autocast
+as SAM-2's own video examples do, and every timing synchronises the GPU):
   1. per-frame cost, 1 target: tracker.step vs one step of SAM2VideoPredictor.propagate_in_video
      (interleaved frame by frame so both see the same machine load);
   2. 8 targets vs 1 target (tracker; and the predictor with 8 objects for reference);
@@ -11,6 +12,7 @@ Commands used for bench/RESULTS_tracking.md:
   .venv/bin/python bench/bench_tracking.py --config tiny --frames 60 --multi-frames 30 --rss-frames 5000 --threads 1
   .venv/bin/python bench/bench_tracking.py --config sam2.1_hiera_t --frames 6 --multi-frames 3 \
       --no-reference-multi --sections 1,2 --threads 1
+  python bench/bench_tracking.py --config sam2.1_hiera_t --device cuda --frames 40 --multi-frames 20 --sections 1,2,4
   .venv/bin/python bench/bench_tracking.py --config sam2.1_hiera_t --frames 6 --sections 4 --catch-up 1,4,8 --threads 1
 """
 
@@ -23,6 +25,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # silence the predictor's progress bars
@@ -62,9 +65,21 @@ def write_clip(folder: Path, num_frames: int, size: int, num_objects: int) -> tu
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
     """(wall, process CPU) seconds of one call. With one torch thread, CPU time is the stable measure on a
     shared machine; wall time is what a robot sees on an idle one."""
+    synchronize()
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    synchronize()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def reference_autocast(device: torch.device):
+    """The predictor's precision: bf16 autocast on CUDA (the tracker applies the same by itself)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def mean(samples: list[tuple[float, float]], which: int) -> float:
@@ -85,10 +100,17 @@ def ratio(ours: list[tuple[float, float]], theirs: list[tuple[float, float]]) ->
 
 def predictor_steps(predictor, folder: Path, masks: list) -> Iterator[object]:
     """Meta's offline path; yields once per propagated frame (frame 0 is the prompted one)."""
-    state = predictor.init_state(str(folder), offload_video_to_cpu=True)
-    for obj_id, mask in enumerate(masks, start=1):
-        predictor.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=mask)
-    yield from predictor.propagate_in_video(state)
+    with reference_autocast(predictor.device):
+        state = predictor.init_state(str(folder), offload_video_to_cpu=True)
+        for obj_id, mask in enumerate(masks, start=1):
+            predictor.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=mask)
+    steps = predictor.propagate_in_video(state)
+    while True:
+        with reference_autocast(predictor.device):
+            out = next(steps, None)
+        if out is None:
+            return
+        yield out
 
 
 def per_frame_cost(predictor, model, folder, frames, masks, steady_from: int) -> None:
@@ -102,8 +124,9 @@ def per_frame_cost(predictor, model, folder, frames, masks, steady_from: int) ->
         theirs.append(timed(lambda: next(reference)))
         ours.append(timed(lambda frame=frame: tracker.step(frame)))
     with torch.inference_mode():
-        image = torch.zeros(1, 3, model.image_size, model.image_size)
-        encoder = [timed(lambda: model.forward_image(image)) for _ in range(3)]
+        image = torch.zeros(1, 3, model.image_size, model.image_size, device=model.device)
+        with reference_autocast(model.device):
+            encoder = [timed(lambda: model.forward_image(image)) for _ in range(3)]
     print("\n[1] per-frame cost, 1 target (frames 1..N-1)")
     print(f"  SAM2VideoPredictor   {summary(theirs)}")
     print(f"  StreamingTracker     {summary(ours)}")
@@ -194,6 +217,7 @@ def main() -> None:
     parser.add_argument("--rss-frames", type=int, default=5000, help="0 to skip [3]")
     parser.add_argument("--catch-up", default="1,4,8", help="k values for [4]; empty to skip")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--sections", default="1,2,3,4", help="which measurements to run")
     args = parser.parse_args()
 
@@ -207,9 +231,13 @@ def main() -> None:
         predictor = build_reference_predictor(args.config)
     model = build_sam2(model_cfg, sa2va=False)
     model.load_state_dict(predictor.state_dict())
+    device = torch.device(args.device)
+    model.to(device)
+    predictor.to(device)
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {os.cpu_count()} logical cores"
     print(
         f"config {args.config}: image {model.image_size}², torch {torch.__version__}, "
-        f"torch.set_num_threads({torch.get_num_threads()}), CPU: {os.cpu_count()} logical cores"
+        f"torch.set_num_threads({torch.get_num_threads()}), {hardware}"
     )
 
     sections = {int(section) for section in args.sections.split(",")}
