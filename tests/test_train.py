@@ -178,3 +178,20 @@ def test_bundled_training_config_is_valid():
     config = load_train_config("config/train/tiny_synthetic.yaml")
     assert config.init_preset == "internvl-qwen2" and config.train_memory
     assert 0 < config.sam_warmup_steps < config.steps and config.point_prompts > 0
+
+
+def test_train_cli_overrides_steps_output_and_threads(tmp_path, capsys):
+    from sa2va_ros.cli.train import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "output_dir: ignored\ninit_preset: internvl-qwen2\n"
+        "preset_overrides: {hidden: 32, layers: 1, tile_size: 28, sam_image_size: 64, max_dynamic_patch: 1}\n"
+        "image_size: [48, 64]\nvideo_frames: 2\nsteps: 50\nbatch_size: 1\nthreads: 2\n"
+    )
+    out = tmp_path / "out"
+    assert main([str(path), "--steps", "1", "--output-dir", str(out), "--threads", "1"]) == 0
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert (recorded["steps"], recorded["threads"]) == (1, 1)
+    assert (out / "final" / "config.json").is_file() and not (tmp_path / "ignored").exists()
+    assert f"final model: {out / 'final'}" in capsys.readouterr().out

@@ -11,6 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     parser.add_argument("--steps", type=int, help="override the number of optimiser steps")
     parser.add_argument("--output-dir", help="override output_dir")
+    parser.add_argument("--threads", type=int, help="override torch's CPU threads (1 is steadiest on a shared machine)")
     args = parser.parse_args(argv)
 
     from sa2va_ros.train import load_train_config, train
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         config.steps = args.steps
     if args.output_dir:
         config.output_dir = args.output_dir
+    if args.threads is not None:
+        config.threads = args.threads
     final = train(config, resume=not args.no_resume)
     print(f"final model: {final}")
     return 0
