@@ -11,6 +11,10 @@ Frames arrive one at a time; nothing is preloaded. Per frame:
    every target with the same number of conditioning frames does: in steady state there is one batch;
 3. all targets then go through the mask decoder and the memory encoder as one batch.
 
+These four SAM-2 parts run on a backend (``sa2va_ros.runtime``: PyTorch, ONNX Runtime or TensorRT, chosen by
+``TrackerConfig.backend``); the memory bookkeeping (which frames and pointers each target reads, their temporal
+encodings) stays here, in PyTorch, whatever the backend.
+
 Faithfulness: on the same weights, frames and mask prompt, logits match Meta's ``SAM2VideoPredictor``
 (``tests/test_tracking_parity.py``). The predictor's post-processing overrides are reproduced by the tracker
 itself (``binarize_prompt_masks_for_memory``); its hole filling needs sam2's CUDA extension and is not done.
@@ -44,7 +48,7 @@ from sam2.modeling.sam2_base import SAM2Base
 from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 
 from sa2va_ros.model.preprocess import sam2_pixels
-from sa2va_ros.model.sam2_grounding import Sa2VASam2, language_forward_sam_heads
+from sa2va_ros.runtime import BACKENDS, FrameFeatures, SamParts, as_tokens, load_parts
 from sa2va_ros.tracking.frames import as_rgb_frame
 from sa2va_ros.tracking.memory import MemoryEntry, TargetMemory, spatial_memory_frames
 
@@ -67,9 +71,12 @@ class TrackerConfig:
     min_frame_side: int = 8
     max_frame_side: int = 8192
     cuda_bf16_autocast: bool = True  # on CUDA, run under bfloat16 autocast (CPU always runs float32)
+    backend: str = "torch"  # runtime of the four SAM-2 parts: torch | onnxruntime | tensorrt
+    engines_dir: str = ""  # where exported ONNX files and TensorRT engines are cached ("": the default cache)
 
     def __post_init__(self) -> None:
         checks = {
+            "backend": self.backend in BACKENDS,
             "feature_buffer": self.feature_buffer >= 1,
             "max_conditioning_frames": self.max_conditioning_frames >= 2,
             "lost_after_frames": self.lost_after_frames >= 1,
@@ -80,7 +87,7 @@ class TrackerConfig:
         if bad:
             raise ValueError(
                 "invalid TrackerConfig: " + ", ".join(bad) + " (feature_buffer >= 1, max_conditioning_frames >= 2, "
-                "lost_after_frames >= 1, 1 <= min_frame_side <= max_frame_side)"
+                f"lost_after_frames >= 1, 1 <= min_frame_side <= max_frame_side, backend in {BACKENDS})"
             )
 
 
@@ -105,8 +112,7 @@ class FrameNotBufferedError(ValueError):
 class _BufferedFrame:
     index: int
     size: tuple[int, int]  # (height, width) of the camera frame
-    feats: list[torch.Tensor]  # per feature level [HW, 1, C]; the last level is the one memory attention reads
-    sizes: list[tuple[int, int]]  # per feature level (h, w)
+    features: FrameFeatures  # the image encoder's output (batch 1)
 
 
 @dataclass
@@ -129,17 +135,19 @@ class StreamingTracker:
     """Online multi-target SAM-2 tracking with bounded memory, catch-up and lost / re-acquired states.
 
     ``sam2_model`` is a ``SAM2Base`` (as ``sam2.build_sam.build_sam2`` returns it) or Sa2VA's ``Sa2VASam2``,
-    in eval mode. Methods are serialised by a lock, so a grounding worker may call ``add_target`` while the
-    camera thread calls ``step``.
+    in eval mode. Its four parts run on ``config.backend`` (or on ``parts``, an already loaded backend for this
+    model). Methods are serialised by a lock, so a grounding worker may call ``add_target`` while the camera
+    thread calls ``step``.
     """
 
-    def __init__(self, sam2_model: SAM2Base, config: TrackerConfig | None = None) -> None:
+    def __init__(
+        self, sam2_model: SAM2Base, config: TrackerConfig | None = None, *, parts: SamParts | None = None
+    ) -> None:
         if sam2_model.training:
             raise ValueError("the SAM-2 model must be in eval mode (call .eval() first)")
         self.sam = sam2_model
         self.config = config or TrackerConfig()
-        # Stock SAM-2 forces absent-object logits to -1024; Sa2VA disables that override.
-        self._suppress_absent_masks = not isinstance(sam2_model, Sa2VASam2)
+        self.parts = parts or load_parts(sam2_model, self.config.backend, self.config.engines_dir or None)
         self._device = next(sam2_model.parameters()).device
         self._lock = threading.RLock()
         self.reset()
@@ -163,7 +171,6 @@ class StreamingTracker:
             self._buffer: deque[_BufferedFrame] = deque(maxlen=self.config.feature_buffer)
             self._frames_seen = 0
             self._frame_size: tuple[int, int] | None = None
-            self._image_pos: torch.Tensor | None = None  # [HW, 1, C], the same for every frame
             self._maskmem_pos: torch.Tensor | None = None  # [hw, 1, Cm], the same for every frame
 
     def remove_target(self, target_id: int) -> None:
@@ -338,10 +345,7 @@ class StreamingTracker:
     def _advance(self, rgb: np.ndarray, skip: Sequence[int]) -> None:
         """Encode the next frame once, buffer its features and track every target not in ``skip``."""
         image = sam2_pixels(rgb, self.sam.image_size, self._device)[None]  # [1, 3, S, S]
-        _, feats, pos, sizes = self.sam._prepare_backbone_features(self.sam.forward_image(image))
-        if self._image_pos is None:
-            self._image_pos = pos[-1]
-        frame = _BufferedFrame(index=self._frames_seen, size=rgb.shape[:2], feats=feats, sizes=sizes)
+        frame = _BufferedFrame(index=self._frames_seen, size=rgb.shape[:2], features=self.parts.encode_image(image))
         self._buffer.append(frame)
         self._frames_seen += 1
         self._frame_size = frame.size
@@ -349,44 +353,34 @@ class StreamingTracker:
         if tracked:
             self._track(tracked, frame)
 
-    def _high_res_features(self, frame: _BufferedFrame, batch: int) -> list[torch.Tensor] | None:
-        """The decoder's high-resolution feature maps ``[B, C_l, h_l, w_l]`` (None if the model uses none)."""
-        maps = [
-            x.permute(1, 2, 0).reshape(1, x.size(2), *s).expand(batch, -1, -1, -1)
-            for x, s in zip(frame.feats[:-1], frame.sizes[:-1], strict=True)
-        ]
-        return maps or None
-
     def _condition(self, target: _Target, frame: _BufferedFrame, prompt: _Prompt) -> None:
         """Decode a prompted frame without memory (as SAM-2's initial conditioning frames) and store it."""
-        sam = self.sam
-        high_res = self._high_res_features(frame, 1)
+        sam, features = self.sam, frame.features
         if prompt.mask is not None and sam.use_mask_input_as_output_without_sam:
-            height, width = frame.sizes[-1]
-            pix_feat = frame.feats[-1].permute(1, 2, 0).reshape(1, sam.hidden_dim, height, width)
-            outputs = sam._use_mask_as_output(pix_feat, high_res, prompt.mask)
+            low_res, obj_ptr, score = self._mask_as_output(features, prompt.mask)
         else:
             pix_feat = sam._prepare_memory_conditioned_features(
                 frame_idx=frame.index,
                 is_init_cond_frame=True,
-                current_vision_feats=frame.feats[-1:],
-                current_vision_pos_embeds=[self._image_pos],
-                feat_sizes=frame.sizes[-1:],
+                current_vision_feats=[as_tokens(features.image_embed)],
+                current_vision_pos_embeds=[as_tokens(features.image_pos)],
+                feat_sizes=[tuple(features.image_embed.shape[-2:])],
                 output_dict={},
                 num_frames=1,
             )
-            outputs = language_forward_sam_heads(
-                sam,
+            point_inputs = prompt.point_inputs or {}
+            decoded = self.parts.decode_masks(
                 pix_feat,
-                prompt.point_inputs,
-                prompt.mask,
-                high_res,
-                sam._use_multimask(True, prompt.point_inputs),
-                prompt.embedding,
-                suppress_absent_masks=self._suppress_absent_masks,
+                features,
+                multimask=sam._use_multimask(True, prompt.point_inputs),
+                point_coords=point_inputs.get("point_coords"),
+                point_labels=point_inputs.get("point_labels"),
+                mask_input=prompt.mask,
+                language_embd=prompt.embedding,
             )
-        low_res, obj_ptr, score = outputs[3], outputs[5], outputs[6]  # [1, 1, S/4, S/4], [1, C], [1, 1]
-        # As SAM2VideoPredictor: a prompted frame's memory is encoded from its low-res logits, upsampled.
+            low_res, obj_ptr, score = decoded.low_res_masks, decoded.object_pointers, decoded.object_score_logits
+        # [1, 1, S/4, S/4], [1, C], [1, 1]. As SAM2VideoPredictor: a prompted frame's memory is encoded from its
+        # low-res logits, upsampled.
         mask_for_memory = F.interpolate(
             low_res, size=(sam.image_size, sam.image_size), mode="bilinear", align_corners=False
         )
@@ -395,23 +389,40 @@ class StreamingTracker:
         target.memory.add_conditioning(frame.index, MemoryEntry(maskmem=maskmem, obj_ptr=obj_ptr))
         self._update_state(target, low_res, float(score))
 
+    def _mask_as_output(
+        self, features: FrameFeatures, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``SAM2Base._use_mask_as_output`` with its decoder call on the backend: a 0/1 mask ``[1, 1, S, S]``
+        becomes ±10 logits, and the decoder, prompted by the mask, gives the object pointer."""
+        sam = self.sam
+        out_scale, out_bias = 20.0, -10.0
+        low_res = F.interpolate(
+            mask * out_scale + out_bias,
+            size=(mask.size(-2) // 4, mask.size(-1) // 4),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+        if sam.use_obj_ptrs_in_encoder:
+            decoded = self.parts.decode_masks(
+                features.image_embed, features, multimask=False, mask_input=sam.mask_downsample(mask)
+            )
+            obj_ptr = decoded.object_pointers
+        else:
+            obj_ptr = torch.zeros(1, sam.hidden_dim, device=mask.device)
+        appearing = (mask.flatten(1) > 0).any(dim=1, keepdim=True).float()  # [1, 1]
+        if sam.pred_obj_scores:
+            if sam.fixed_no_obj_ptr:
+                obj_ptr = appearing * obj_ptr
+            obj_ptr = obj_ptr + (1 - appearing) * sam.no_obj_ptr
+        return low_res, obj_ptr, out_scale * appearing + out_bias
+
     def _track(self, target_ids: Sequence[int], frame: _BufferedFrame) -> None:
         """Track ``target_ids`` on ``frame`` from their memories, batched, and store the new memories."""
-        sam = self.sam
-        batch = len(target_ids)
         pix_feat = self._memory_conditioned_features([self._targets[i].memory for i in target_ids], frame)
-        outputs = language_forward_sam_heads(
-            sam,
-            pix_feat,
-            None,
-            None,
-            self._high_res_features(frame, batch),
-            sam._use_multimask(False, None),
-            None,
-            suppress_absent_masks=self._suppress_absent_masks,
-        )
-        low_res, high_res, obj_ptr, score = outputs[3], outputs[4], outputs[5], outputs[6]
-        maskmem = self._encode_memory(frame, high_res, score, binarize=False)  # [N, Cm, h, w]
+        decoded = self.parts.decode_masks(pix_feat, frame.features, multimask=self.sam._use_multimask(False, None))
+        low_res, obj_ptr, score = decoded.low_res_masks, decoded.object_pointers, decoded.object_score_logits
+        maskmem = self._encode_memory(frame, decoded.high_res_masks, score, binarize=False)  # [N, Cm, h, w]
         scores = score[:, 0].float().cpu().tolist()
         for n, target_id in enumerate(target_ids):
             target = self._targets[target_id]
@@ -420,28 +431,20 @@ class StreamingTracker:
 
     def _memory_conditioned_features(self, memories: Sequence[TargetMemory], frame: _BufferedFrame) -> torch.Tensor:
         """Memory attention for every target, batched by memory shape: ``[N, C, H, W]``."""
-        sam = self.sam
-        height, width = frame.sizes[-1]
-        curr = frame.feats[-1]  # [HW, 1, C]
-        if sam.num_maskmem == 0:  # memory disabled (SAM on single images)
-            return curr.permute(1, 2, 0).reshape(1, sam.hidden_dim, height, width).expand(len(memories), -1, -1, -1)
+        features = frame.features
+        if self.sam.num_maskmem == 0:  # memory disabled (SAM on single images)
+            return features.image_embed.expand(len(memories), -1, -1, -1)
         built = [self._read_memory(memory, frame.index) for memory in memories]
         groups: dict[tuple[int, int], list[int]] = {}
         for n, (tokens, _, num_ptr_tokens) in enumerate(built):
             groups.setdefault((tokens.size(0), num_ptr_tokens), []).append(n)
         order, outputs = [], []
         for (_, num_ptr_tokens), members in groups.items():
-            batch = len(members)
             memory = torch.cat([built[n][0] for n in members], dim=1)  # [M, B, Cm]
             memory_pos = torch.cat([built[n][1] for n in members], dim=1)  # [M, B, Cm]
-            fused = sam.memory_attention(
-                curr=[curr.expand(-1, batch, -1)],
-                curr_pos=[self._image_pos.expand(-1, batch, -1)],
-                memory=memory,
-                memory_pos=memory_pos,
-                num_obj_ptr_tokens=num_ptr_tokens,
-            )  # [HW, B, C]
-            outputs.append(fused.permute(1, 2, 0).reshape(batch, sam.hidden_dim, height, width))
+            outputs.append(
+                self.parts.attend_memory(features.image_embed, features.image_pos, memory, memory_pos, num_ptr_tokens)
+            )  # [B, C, H, W]
             order.extend(members)
         pix_feat = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         if order != sorted(order):
@@ -513,21 +516,11 @@ class StreamingTracker:
     ) -> torch.Tensor:
         """SAM-2's memory encoder on ``[N, 1, S, S]`` mask logits -> ``[N, Cm, h, w]`` (stored in bfloat16).
 
-        ``binarize`` reproduces ``binarize_mask_from_pts_for_mem_enc`` whatever the model's own setting:
-        ±inf logits make the encoder's sigmoid exactly 0/1.
+        ``binarize`` reproduces ``binarize_mask_from_pts_for_mem_enc`` whatever the model's own setting.
         """
-        if binarize:
-            mask_logits = torch.where(mask_logits > 0, torch.inf, -torch.inf)
-        batch = mask_logits.size(0)
-        maskmem, maskmem_pos = self.sam._encode_new_memory(
-            current_vision_feats=[frame.feats[-1].expand(-1, batch, -1)],
-            feat_sizes=frame.sizes[-1:],
-            pred_masks_high_res=mask_logits,
-            object_score_logits=score,
-            is_mask_from_pts=False,
-        )
+        maskmem, maskmem_pos = self.parts.encode_memory(frame.features.image_embed, mask_logits, score, binarize)
         if self._maskmem_pos is None:
-            self._maskmem_pos = maskmem_pos[-1][:1].flatten(2).permute(2, 0, 1).float()  # [hw, 1, Cm]
+            self._maskmem_pos = as_tokens(maskmem_pos[:1]).float()  # [hw, 1, Cm]
         return maskmem.to(torch.bfloat16)  # as SAM2VideoPredictor stores memories
 
     def _update_state(self, target: _Target, low_res: torch.Tensor, score: float) -> None:
