@@ -57,6 +57,8 @@ setup(
             "sa2va-bag-eval=sa2va_ros.cli.bag_eval:main",
             "sa2va-eval=sa2va_ros.cli.eval:main",
             "sa2va-demo=sa2va_ros.cli.demo:main",
+            "sa2va-export=sa2va_ros.cli.export:main",
+            "sa2va-build-engines=sa2va_ros.cli.build_engines:main",
         ],
     },
     zip_safe=False,
