@@ -18,12 +18,12 @@ import torch
 
 from sa2va_ros.pipeline import PipelineConfig
 from sa2va_ros.ros_io import DEFAULT_MAX_PIXELS, DURABILITY_CHOICES, RELIABILITY_CHOICES, QoSSettings
+from sa2va_ros.runtime import BACKENDS, backend_problem
 from sa2va_ros.tracking import TrackerConfig
 
 ParameterValue = bool | int | float | str
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BACKENDS = ("torch",)  # onnxruntime and tensorrt arrive with sa2va_ros.runtime
 LABEL_ID_LIMITS = {"mono8": 255, "mono16": 65535}
 
 
@@ -56,7 +56,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("model_path", "", "checkpoint directory (project or official Sa2VA); empty: the bundled model"),
     ParameterSpec("device", "auto", "torch device: auto (cuda when available), cpu, cuda or cuda:N"),
     ParameterSpec("dtype", "auto", "model dtype; auto: float32 on cpu, bfloat16 on cuda", tuple(DTYPES)),
-    ParameterSpec("backend", "torch", "runtime of the SAM-2 parts", BACKENDS),
+    ParameterSpec("backend", "torch", "runtime of the SAM-2 parts (onnxruntime and tensorrt use exported files)",
+                  BACKENDS),
+    ParameterSpec("engines_dir", "", "cache of exported ONNX files and TensorRT engines, made on first use; "
+                  "empty: $SA2VA_ROS_ENGINES_DIR or ~/.cache/sa2va_ros/engines"),
     ParameterSpec("torch_threads", 0, "CPU threads for torch; 0 keeps torch's default", minimum=0),
     ParameterSpec("autostart", True, "the sa2va_node executable configures and activates the node itself"),
     ParameterSpec("image_transport", "raw", "raw: subscribe to image; compressed: image/compressed",
@@ -105,6 +108,7 @@ class NodeParams:
     device: str
     dtype: str
     backend: str
+    engines_dir: str
     torch_threads: int
     autostart: bool
     image_transport: str
@@ -156,6 +160,8 @@ class NodeParams:
             feature_buffer=self.catch_up_frames,
             lost_score_threshold=self.lost_score_threshold,
             lost_after_frames=self.lost_after_frames,
+            backend=self.backend,
+            engines_dir=str(Path(self.engines_dir).expanduser()) if self.engines_dir else "",
         )
 
     def pipeline_config(self) -> PipelineConfig:
@@ -213,6 +219,8 @@ def _check(spec: ParameterSpec, value: Any) -> str | None:
         return f"must be <= {spec.maximum:g}"
     if spec.name == "device":
         return _device_problem(value)
+    if spec.name == "backend":
+        return backend_problem(value)
     if spec.name == "model_path" and value:
         return _model_path_problem(Path(value).expanduser())
     return None
@@ -240,10 +248,15 @@ def _model_path_problem(path: Path) -> str | None:
 
 def _check_together(values: dict[str, Any]) -> list[str]:
     """Constraints between parameters."""
+    problems = []
     limit = LABEL_ID_LIMITS[values["mask_encoding"]]
     if values["max_targets"] > limit:
-        return [
+        problems.append(
             f"parameter 'max_targets' = {values['max_targets']}: {values['mask_encoding']} masks hold ids up to "
             f"{limit}; lower it or set mask_encoding to mono16"
-        ]
-    return []
+        )
+    runs_on_cuda = values["device"].startswith("cuda") or (values["device"] == "auto" and torch.cuda.is_available())
+    if values["backend"] == "tensorrt" and not runs_on_cuda:
+        problems.append(f"parameter 'backend' = 'tensorrt': TensorRT runs on CUDA, but device is {values['device']!r}"
+                        + ("" if values["device"] != "auto" else " and this machine has no CUDA device"))
+    return problems

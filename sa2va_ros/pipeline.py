@@ -368,9 +368,10 @@ class Pipeline:
     """Streaming grounding + tracking: ``submit_command`` from any thread, ``push_frame`` from one camera thread.
 
     ``model`` grounds text on frames (``Grounder``); ``tracker`` defaults to a ``StreamingTracker`` on
-    ``model.grounding_encoder``. ``on_answer`` is called (from the worker or the caller's thread) as soon as an
-    answer exists; the same answers are also listed once in the next ``FrameResult``. Call ``close()`` (or use
-    the pipeline as a context manager) to stop the worker.
+    ``model.grounding_encoder`` whose SAM-2 parts run on ``backend`` (torch, onnxruntime or tensorrt).
+    ``on_answer`` is called (from the worker or the caller's thread) as soon as an answer exists; the same answers
+    are also listed once in the next ``FrameResult``. Call ``close()`` (or use the pipeline as a context manager)
+    to stop the worker.
     """
 
     def __init__(
@@ -379,9 +380,14 @@ class Pipeline:
         tracker: StreamingTracker | None = None,
         config: PipelineConfig | None = None,
         on_answer: Callable[[Answer], None] | None = None,
+        backend: str | None = None,
     ) -> None:
+        if tracker is not None and backend is not None:
+            raise ValueError("give a tracker or a backend for the default one, not both (the tracker has its own)")
         self.model = model
-        self.tracker = tracker if tracker is not None else StreamingTracker(model.grounding_encoder, TrackerConfig())
+        if tracker is None:
+            tracker = StreamingTracker(model.grounding_encoder, TrackerConfig(backend=backend or "torch"))
+        self.tracker = tracker
         self.config = config or PipelineConfig()
         self.on_answer = on_answer
         self._lock = threading.Lock()
