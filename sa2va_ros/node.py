@@ -61,6 +61,7 @@ from sa2va_ros.ros_io import (
     stamp_to_ns,
     subscription_problems,
 )
+from sa2va_ros.runtime import SamParts, load_parts
 from sa2va_ros.tracking import TRACKING, StreamingTracker
 
 NODE_NAME = "sa2va"
@@ -117,6 +118,7 @@ class Sa2VANode(LifecycleNode):
         self._model_loader = model_loader
         self._params: NodeParams | None = None
         self._model: Grounder | None = None
+        self._parts: SamParts | None = None  # the SAM-2 parts on the configured backend, loaded at configure
         self.problems = ProblemLog()
         self._publish_lock = threading.Lock()
         self._pipeline: Pipeline | None = None
@@ -154,10 +156,18 @@ class Sa2VANode(LifecycleNode):
         except Exception as error:  # any loading failure is reported and leaves the node unconfigured
             self.get_logger().error(f"could not load the model from {source}: {type(error).__name__}: {error}")
             return TransitionCallbackReturn.FAILURE
-        self._params, self._model = params, model
         self.get_logger().info(
             f"model loaded from {source} on {params.torch_device} in {time.monotonic() - started:.1f} s"
         )
+        started = time.monotonic()
+        try:  # here, not at activate: an empty engine cache means an ONNX export / TensorRT build (minutes)
+            parts = load_parts(model.grounding_encoder, params.backend, params.tracker_config().engines_dir or None)
+        except Exception as error:
+            self.get_logger().error(f"could not load the '{params.backend}' backend: {type(error).__name__}: {error}")
+            return TransitionCallbackReturn.FAILURE
+        if params.backend != "torch":
+            self.get_logger().info(f"backend '{params.backend}' ready in {time.monotonic() - started:.1f} s")
+        self._params, self._model, self._parts = params, model, parts
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -175,7 +185,7 @@ class Sa2VANode(LifecycleNode):
         assert params is not None and model is not None
         if isinstance(model, torch.nn.Module):
             model.to(params.torch_device)  # back from the CPU after a deactivate
-        tracker = StreamingTracker(model.grounding_encoder, params.tracker_config())
+        tracker = StreamingTracker(model.grounding_encoder, params.tracker_config(), parts=self._parts)
         self._pipeline = Pipeline(model, tracker, params.pipeline_config(), on_answer=self._publish_answer)
         output_qos = qos_profile_from_params(*params.qos("output_qos"))
         with self._publish_lock:
@@ -263,7 +273,7 @@ class Sa2VANode(LifecycleNode):
             torch.cuda.empty_cache()
 
     def _drop_model(self) -> None:
-        self._model, self._params = None, None
+        self._model, self._params, self._parts = None, None, None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -465,6 +465,43 @@ def test_configure_refuses_bad_parameters_with_one_line_each(
         assert len([line for line in lines if line.startswith(f"parameter '{name}'")]) == 1, name
 
 
+def test_the_backend_is_loaded_at_configure_and_a_failure_is_one_line(
+    harness_factory: Callable, node_factory: Callable, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An empty engine cache means minutes of export/build: configure pays it, activate reuses the parts."""
+    import sa2va_ros.node as node_module
+    from sa2va_ros.runtime import BackendUnavailableError
+
+    calls = []
+    real_load_parts = node_module.load_parts
+
+    def recording_load_parts(sam, backend, engines_dir):  # records the call, loads the torch parts (fast)
+        calls.append((backend, engines_dir))
+        return real_load_parts(sam, "torch", None)
+
+    monkeypatch.setattr(node_module, "load_parts", recording_load_parts)
+    harness = harness_factory("/backend")
+    params = [Parameter("backend", value="onnxruntime"), Parameter("engines_dir", value=str(tmp_path))]
+    node = node_factory("/backend", params, activate=False)
+    harness.add(node)
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert calls == [("onnxruntime", str(tmp_path))]
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert len(calls) == 1  # activate builds the tracker on the parts loaded at configure
+
+    def broken_load_parts(sam, backend, engines_dir):
+        raise BackendUnavailableError("backend 'onnxruntime' needs the onnxruntime package")
+
+    monkeypatch.setattr(node_module, "load_parts", broken_load_parts)
+    other = node_factory("/backend_broken", params, activate=False)
+    harness.add(other)
+    assert other.trigger_configure() == TransitionCallbackReturn.FAILURE
+    errors = wait_until(lambda: [line for line in harness.log_lines("backend_broken.sa2va")
+                                 if line.startswith("could not")], "the error line")
+    assert errors == ["could not load the 'onnxruntime' backend: BackendUnavailableError: "
+                     "backend 'onnxruntime' needs the onnxruntime package"]
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
