@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from sa2va_ros.model.sam2_grounding import build_sam2, tiny_sam2_config
 from sa2va_ros.tracking import LOST, TRACKING, FrameNotBufferedError, StreamingTracker, TrackerConfig
-from sa2va_ros.tracking.tracker import mask_box
+from sa2va_ros.tracking import tracker as tracker_module
+from sa2va_ros.tracking.reference import build_reference_predictor
+from sa2va_ros.tracking.tracker import LazyLogits, mask_boxes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -40,6 +45,12 @@ def clip(num_frames: int, height: int = HEIGHT, width: int = WIDTH, seed: int = 
     return frames
 
 
+def numpy_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Reference tight box (x0, y0, x1, y1), x1/y1 exclusive, of a bool mask; None if empty."""
+    ys, xs = np.nonzero(mask)
+    return None if ys.size == 0 else (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
 def square_mask(t: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
     mask = np.zeros((height, width), bool)
     mask[height // 4 : height // 4 + 30, 10 + 2 * t : 40 + 2 * t] = True
@@ -62,14 +73,62 @@ def test_results_cover_every_target_at_the_frame_size(sam: torch.nn.Module) -> N
         assert np.array_equal(result.masks[target_id], result.logits[target_id] > 0)
         assert isinstance(result.scores[target_id], float)
         assert result.states[target_id] in (TRACKING, LOST)
-        assert result.boxes[target_id] == mask_box(result.masks[target_id])
+        assert result.boxes[target_id] == numpy_box(result.masks[target_id])
 
 
-def test_mask_box_is_tight_with_exclusive_corner() -> None:
-    mask = np.zeros((10, 20), bool)
-    mask[2:5, 7:12] = True
-    assert mask_box(mask) == (7, 2, 12, 5)
-    assert mask_box(np.zeros((4, 4), bool)) is None
+def test_mask_boxes_are_tight_with_exclusive_corner() -> None:
+    masks = torch.zeros(4, 10, 20, dtype=torch.bool)
+    masks[0, 2:5, 7:12] = True
+    masks[2, 9, 19] = True  # one pixel in the last row and column
+    masks[3, 0, 0] = masks[3, 6, 3] = True  # two separate pixels
+    assert mask_boxes(masks) == [(7, 2, 12, 5), None, (19, 9, 20, 10), (0, 0, 4, 7)]
+    assert mask_boxes(masks) == [numpy_box(mask) for mask in masks.numpy()]
+
+
+def test_lazy_logits_equal_the_eager_batched_upsampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    low_res = torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    ids, size = [4, 1, 9, 2, 7], (97, 131)
+    eager = F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+    lazy = LazyLogits(low_res, ids, size)
+    original, upsampled = tracker_module.upsample_logits, []
+    monkeypatch.setattr(tracker_module, "upsample_logits", lambda *args: upsampled.append(1) or original(*args))
+    assert list(lazy) == ids and len(lazy) == 5 and 3 not in lazy and 9 in lazy
+    assert not upsampled  # listing the ids and testing membership read no map
+    for n, target_id in reversed(list(enumerate(ids))):
+        assert lazy[target_id].dtype == np.float32 and np.array_equal(lazy[target_id], eager[n])
+    assert lazy[9] is lazy[9] and len(upsampled) == 5  # read once, then kept
+    with pytest.raises(KeyError):
+        lazy[3]
+    with pytest.raises(TypeError):
+        lazy[4] = eager[0]  # type: ignore[index]
+
+
+def test_a_result_upsamples_logits_only_when_read(sam: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batched upsampling gives every mask and box; a float map is made (once) only for a target read."""
+    frames = clip(4)
+    tracker = StreamingTracker(sam)
+    tracker.add_target(1, frames[0], mask=square_mask(0))
+    tracker.add_target(2, frames[1], box=(60, 10, 120, 80))
+    tracker.add_target(3, frames[2], points=[[80, 60]], labels=[1])
+    upsampled: list[int] = []  # batch size of every upsampling to the frame size
+    original = tracker_module.upsample_logits
+
+    def counting(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        upsampled.append(low_res.size(0))
+        return original(low_res, size)
+
+    monkeypatch.setattr(tracker_module, "upsample_logits", counting)
+    result = tracker.step(frames[3])
+    assert upsampled == [3]
+    for target_id in (1, 2, 3):
+        assert result.masks[target_id].shape == (HEIGHT, WIDTH) and result.boxes[target_id] == numpy_box(
+            result.masks[target_id]
+        )
+    assert upsampled == [3]  # masks and boxes need no float map on the host
+    logits = result.logits[2]
+    assert upsampled == [3, 1] and np.array_equal(result.masks[2], logits > 0)
+    assert result.logits[2] is logits and upsampled == [3, 1]
+    assert list(result.logits) == [1, 2, 3]
 
 
 def test_mask_prompt_frame_returns_the_prompt(sam: torch.nn.Module) -> None:
@@ -324,3 +383,40 @@ def test_reconditioning_rewrites_the_history_after_the_keyframe(sam: torch.nn.Mo
     assert stats["conditioning_frames"] == [0, 4]
     # tracked frames kept: 5..8 from the catch-up, plus 1..3 unless the re-prompt clears them
     assert stats["recent_pointers"] == (4 if clear_memory else 7)
+
+
+def test_batched_pointer_encodings_match_the_video_predictor_per_object(tmp_path: Path) -> None:
+    """SAM 2.1's pointer settings (temporal encodings of object pointers through ``obj_ptr_tpos_proj``, signed
+    distances; the tiny config has none) on a tiny model: three targets batched, each bit-identical to Meta's
+    ``SAM2VideoPredictor``, which tracks every object on its own."""
+    config = tiny_sam2_config(128)
+    config.update(  # sam2.1_hiera_t's settings that sam2_hiera_t lacks
+        add_tpos_enc_to_obj_ptrs=True,
+        proj_tpos_enc_in_obj_ptrs=True,
+        use_signed_tpos_enc_to_obj_ptrs=True,
+        no_obj_embed_spatial=True,
+    )
+    torch.manual_seed(2)
+    predictor = build_reference_predictor("sam2.1_hiera_t", config)
+    model = build_sam2(config, sa2va=False)
+    model.load_state_dict(predictor.state_dict())
+    assert isinstance(model.obj_ptr_tpos_proj, torch.nn.Linear)
+    frames = []
+    for t, frame in enumerate(clip(18, 128, 128)):
+        Image.fromarray(frame).save(tmp_path / f"{t:05d}.jpg", quality=95)  # the predictor reads JPEGs only
+        frames.append(np.array(Image.open(tmp_path / f"{t:05d}.jpg")))  # both sides get the decoded pixels
+    prompts = {1: square_mask(0, 128, 128), 2: np.zeros((128, 128), bool), 3: np.zeros((128, 128), bool)}
+    prompts[2][70:110, 60:120] = True
+    prompts[3][5:30, 90:125] = True
+    state = predictor.init_state(str(tmp_path), offload_video_to_cpu=True)
+    for target_id, mask in prompts.items():
+        predictor.add_new_mask(state, frame_idx=0, obj_id=target_id, mask=mask)
+    reference = [logits[:, 0].numpy() for _, _, logits in predictor.propagate_in_video(state)]  # [3, H, W] each
+    tracker = StreamingTracker(model)
+    tracker.add_target(1, frames[0], mask=prompts[1])
+    tracker.add_target(2, at=0, mask=prompts[2])
+    results = [tracker.add_target(3, at=0, mask=prompts[3])] + [tracker.step(frame) for frame in frames[1:]]
+    for expected, result in zip(reference, results, strict=True):
+        for n, target_id in enumerate(prompts):
+            assert np.abs(result.logits[target_id] - expected[n]).max() <= 2e-6
+    assert max(float(np.abs(r.logits[2] - r.logits[3]).max()) for r in results[1:]) > 1e-3  # targets differ

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,12 +93,15 @@ class TrackerConfig:
 
 @dataclass
 class TrackResult:
-    """Every target's output on one frame; masks, logits and boxes are in that frame's pixels."""
+    """Every target's output on one frame; masks, logits and boxes are in that frame's pixels.
+
+    ``logits`` is read-only and lazy (``LazyLogits``): a target's float map is made only when read.
+    """
 
     frame_index: int  # 0-based: the number of frames the tracker had seen before this one
     frame_size: tuple[int, int]  # (height, width)
     masks: dict[int, np.ndarray] = field(default_factory=dict)  # bool H×W
-    logits: dict[int, np.ndarray] = field(default_factory=dict)  # float32 H×W mask logits
+    logits: Mapping[int, np.ndarray] = field(default_factory=dict)  # float32 H×W mask logits (read lazily)
     scores: dict[int, float] = field(default_factory=dict)  # object score logit (> 0: object present)
     states: dict[int, str] = field(default_factory=dict)  # "tracking" or "lost"
     boxes: dict[int, tuple[int, int, int, int] | None] = field(default_factory=dict)  # x0, y0, x1, y1 (exclusive)
@@ -113,6 +116,16 @@ class _BufferedFrame:
     index: int
     size: tuple[int, int]  # (height, width) of the camera frame
     features: FrameFeatures  # the image encoder's output (batch 1)
+
+
+@dataclass
+class _MemoryRead:
+    """What one target reads on a frame, in SAM-2's order: spatial memories, then object pointers."""
+
+    slots: tuple[int, ...]  # temporal slot of each spatial memory (num_maskmem - 1: a conditioning frame)
+    maskmems: list[torch.Tensor]  # [1, Cm, h, w] bfloat16 each
+    distances: tuple[int, ...]  # frames between each object pointer and the present frame
+    pointers: list[torch.Tensor]  # [1, C] each
 
 
 @dataclass
@@ -171,7 +184,8 @@ class StreamingTracker:
             self._buffer: deque[_BufferedFrame] = deque(maxlen=self.config.feature_buffer)
             self._frames_seen = 0
             self._frame_size: tuple[int, int] | None = None
-            self._maskmem_pos: torch.Tensor | None = None  # [hw, 1, Cm], the same for every frame
+            # memory positional encodings per temporal slot [num_maskmem, hw, 1, Cm], the same for every frame
+            self._slot_positions: torch.Tensor | None = None
 
     def remove_target(self, target_id: int) -> None:
         """Stop tracking ``target_id`` and free its memory."""
@@ -434,14 +448,14 @@ class StreamingTracker:
         features = frame.features
         if self.sam.num_maskmem == 0:  # memory disabled (SAM on single images)
             return features.image_embed.expand(len(memories), -1, -1, -1)
-        built = [self._read_memory(memory, frame.index) for memory in memories]
+        reads = [self._memory_read(memory, frame.index) for memory in memories]
         groups: dict[tuple[int, int], list[int]] = {}
-        for n, (tokens, _, num_ptr_tokens) in enumerate(built):
-            groups.setdefault((tokens.size(0), num_ptr_tokens), []).append(n)
+        for n, read in enumerate(reads):
+            groups.setdefault((len(read.slots), len(read.distances)), []).append(n)
+        pointer_positions: dict[tuple[int, ...], torch.Tensor] = {}  # this frame's encodings, per distance set
         order, outputs = [], []
-        for (_, num_ptr_tokens), members in groups.items():
-            memory = torch.cat([built[n][0] for n in members], dim=1)  # [M, B, Cm]
-            memory_pos = torch.cat([built[n][1] for n in members], dim=1)  # [M, B, Cm]
+        for members in groups.values():
+            memory, memory_pos, num_ptr_tokens = self._batched_memory([reads[n] for n in members], pointer_positions)
             outputs.append(
                 self.parts.attend_memory(features.image_embed, features.image_pos, memory, memory_pos, num_ptr_tokens)
             )  # [B, C, H, W]
@@ -451,65 +465,89 @@ class StreamingTracker:
             pix_feat = pix_feat[torch.as_tensor(np.argsort(order), device=pix_feat.device)]
         return pix_feat
 
-    def _read_memory(self, memory: TargetMemory, frame_idx: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One target's memory tokens for ``frame_idx``, as ``SAM2Base`` assembles them (forward tracking).
-
-        Returns memory ``[M, 1, Cm]``, its positional encoding ``[M, 1, Cm]`` and the number of object-pointer
-        tokens at its end.
-        """
+    def _memory_read(self, memory: TargetMemory, frame_idx: int) -> _MemoryRead:
+        """Which memories one target reads on ``frame_idx``, chosen as ``SAM2Base`` chooses them (forward
+        tracking); bookkeeping only, no tensor is touched."""
         sam = self.sam
         selected, unselected = select_closest_cond_frames(frame_idx, memory.conditioning, sam.max_cond_frames_in_attn)
         # Spatial memories: conditioning frames (temporal slot num_maskmem - 1), then previous frames, oldest first.
-        slots_and_entries = [(sam.num_maskmem - 1, entry) for entry in selected.values()]
+        slots = [sam.num_maskmem - 1] * len(selected)
+        maskmems = [entry.maskmem for entry in selected.values()]
         for t_pos, prev in spatial_memory_frames(frame_idx, sam.num_maskmem, sam.memory_temporal_stride_for_eval):
             entry = memory.recent.get(prev, unselected.get(prev))
             # (a spatial memory is only missing after a rewind to an older keyframe: it was already forgotten)
             if entry is not None and entry.maskmem is not None:
-                slots_and_entries.append((sam.num_maskmem - t_pos - 1, entry))
-        tokens = [entry.maskmem.float().flatten(2).permute(2, 0, 1) for _, entry in slots_and_entries]  # [hw, 1, Cm]
-        positions = [self._maskmem_pos + sam.maskmem_tpos_enc[slot] for slot, _ in slots_and_entries]
-        num_ptr_tokens = 0
+                slots.append(sam.num_maskmem - t_pos - 1)
+                maskmems.append(entry.maskmem)
+        distances, pointers = [], []
         if sam.use_obj_ptrs_in_encoder:
-            max_ptrs = sam.max_obj_ptrs_in_encoder
             cond_for_ptrs = selected
             if sam.only_obj_ptrs_in_the_past_for_eval:
                 cond_for_ptrs = {t: entry for t, entry in selected.items() if t <= frame_idx}
-            distances = [
-                frame_idx - t if sam.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t) for t in cond_for_ptrs
-            ]
-            ptrs = [entry.obj_ptr for entry in cond_for_ptrs.values()]
-            for t_diff in range(1, max_ptrs):
+            for t, entry in cond_for_ptrs.items():
+                distances.append(frame_idx - t if sam.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t))
+                pointers.append(entry.obj_ptr)
+            for t_diff in range(1, sam.max_obj_ptrs_in_encoder):
                 t = frame_idx - t_diff
                 if t < 0:
                     break
                 entry = memory.recent.get(t, unselected.get(t))
                 if entry is not None:
                     distances.append(t_diff)
-                    ptrs.append(entry.obj_ptr)
-            if ptrs:
-                tokens_ptr, positions_ptr = self._pointer_tokens(ptrs, distances, max_ptrs)
-                tokens.append(tokens_ptr)
-                positions.append(positions_ptr)
-                num_ptr_tokens = tokens_ptr.size(0)
-        return torch.cat(tokens), torch.cat(positions), num_ptr_tokens
+                    pointers.append(entry.obj_ptr)
+        return _MemoryRead(tuple(slots), maskmems, tuple(distances), pointers)
 
-    def _pointer_tokens(
-        self, ptrs: list[torch.Tensor], distances: list[int], max_ptrs: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Object pointers ``[P, 1, C]`` -> tokens ``[P·C/Cm, 1, Cm]`` with their temporal encodings."""
+    def _batched_memory(
+        self, reads: Sequence[_MemoryRead], pointer_positions: dict[tuple[int, ...], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """B targets' memories of one shape as SAM-2 lays them out, built with a few batched ops.
+
+        Returns memory ``[M, B, Cm]``, its positional encoding ``[M, B, Cm]`` and the number of object-pointer
+        tokens at its end. ``pointer_positions`` caches the pointer encodings per distance set for the frame.
+        """
+        sam, batch = self.sam, len(reads)
+        num_spatial, num_pointers = len(reads[0].slots), len(reads[0].distances)
+        assert self._slot_positions is not None  # set by the first memory encoding, before any memory is read
+        _, hw, _, mem_dim = self._slot_positions.shape
+        split = sam.hidden_dim // mem_dim if mem_dim < sam.hidden_dim else 1  # a pointer becomes C / Cm tokens
+        num_spatial_tokens, num_ptr_tokens = num_spatial * hw, num_pointers * split
+        # Each part is gathered with one cat and written into place (float32, SAM-2's layout) by one copy.
+        memory = torch.empty(num_spatial_tokens + num_ptr_tokens, batch, mem_dim, device=self._device)
+        if num_spatial:
+            maskmem = torch.cat([m for read in reads for m in read.maskmems])  # [B·F, Cm, h, w] bfloat16
+            spatial = maskmem.view(batch, num_spatial, mem_dim, hw).permute(1, 3, 0, 2)  # [F, hw, B, Cm]
+            memory[:num_spatial_tokens].view(num_spatial, hw, batch, mem_dim).copy_(spatial)
+        if num_pointers:
+            ptrs = torch.cat([p for read in reads for p in read.pointers])  # [B·P, C]
+            ptrs = ptrs.view(batch, num_pointers, split, mem_dim).permute(1, 2, 0, 3)  # [P, split, B, Cm]
+            memory[num_spatial_tokens:].view(num_pointers, split, batch, mem_dim).copy_(ptrs)
+        positions = {}  # per (slots, distances): [M, 1, Cm]; targets of one age share one
+        for read in reads:
+            key = (read.slots, read.distances)
+            if key not in positions:
+                parts = [self._slot_positions[slot] for slot in read.slots]  # [hw, 1, Cm] each
+                if read.distances:
+                    if read.distances not in pointer_positions:
+                        pointer_positions[read.distances] = self._pointer_positions(read.distances)
+                    parts.append(pointer_positions[read.distances])
+                positions[key] = torch.cat(parts)
+        memory_pos = torch.cat([positions[(read.slots, read.distances)] for read in reads], dim=1)  # [M, B, Cm]
+        return memory, memory_pos, num_ptr_tokens
+
+    def _pointer_positions(self, distances: tuple[int, ...]) -> torch.Tensor:
+        """Temporal encodings of object pointers ``distances`` frames away -> ``[P·C/Cm, 1, Cm]`` (each
+        pointer's encoding repeated for its C/Cm tokens), computed as ``SAM2Base`` does for one object."""
         sam = self.sam
-        obj_ptrs = torch.stack(ptrs, dim=0).float()  # [P, 1, C]
         mem_dim, hidden = sam.mem_dim, sam.hidden_dim
         if sam.add_tpos_enc_to_obj_ptrs:
             tpos_dim = hidden if sam.proj_tpos_enc_in_obj_ptrs else mem_dim
-            rel = torch.tensor(distances, device=obj_ptrs.device) / (max_ptrs - 1)
+            rel = torch.tensor(distances, device=self._device) / (sam.max_obj_ptrs_in_encoder - 1)
             obj_pos = sam.obj_ptr_tpos_proj(get_1d_sine_pe(rel, dim=tpos_dim)).unsqueeze(1)  # [P, 1, Cm]
         else:
-            obj_pos = obj_ptrs.new_zeros(len(ptrs), 1, mem_dim)
-        if mem_dim < hidden:  # split each pointer into C / Cm tokens
-            obj_ptrs = obj_ptrs.reshape(-1, 1, hidden // mem_dim, mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
+            obj_pos = torch.zeros(len(distances), 1, mem_dim, device=self._device)
+        if mem_dim < hidden:
             obj_pos = obj_pos.repeat_interleave(hidden // mem_dim, dim=0)
-        return obj_ptrs, obj_pos.float()
+        return obj_pos.float()
 
     def _encode_memory(
         self, frame: _BufferedFrame, mask_logits: torch.Tensor, score: torch.Tensor, binarize: bool
@@ -519,8 +557,8 @@ class StreamingTracker:
         ``binarize`` reproduces ``binarize_mask_from_pts_for_mem_enc`` whatever the model's own setting.
         """
         maskmem, maskmem_pos = self.parts.encode_memory(frame.features.image_embed, mask_logits, score, binarize)
-        if self._maskmem_pos is None:
-            self._maskmem_pos = as_tokens(maskmem_pos[:1]).float()  # [hw, 1, Cm]
+        if self._slot_positions is None:  # [num_maskmem, hw, 1, Cm]: the frame's encoding plus each temporal slot's
+            self._slot_positions = as_tokens(maskmem_pos[:1]).float()[None] + self.sam.maskmem_tpos_enc
         return maskmem.to(torch.bfloat16)  # as SAM2VideoPredictor stores memories
 
     def _update_state(self, target: _Target, low_res: torch.Tensor, score: float) -> None:
@@ -531,29 +569,74 @@ class StreamingTracker:
         target.state = LOST if target.absent_run >= self.config.lost_after_frames else TRACKING
 
     def _result(self) -> TrackResult:
-        """Every target on the present frame, upsampled to its size (bilinear, as SAM2VideoPredictor)."""
+        """Every target on the present frame, upsampled to its size (bilinear, as SAM2VideoPredictor).
+
+        Masks and boxes of all targets are computed at once on the device and copied to the host together;
+        the float logit maps stay on the device at low resolution until read (``LazyLogits``).
+        """
         assert self._frame_size is not None
         result = TrackResult(frame_index=self._frames_seen - 1, frame_size=self._frame_size)
         target_ids = self.target_ids
         if not target_ids:
             return result
         low_res = torch.cat([self._targets[i].low_res_logits for i in target_ids]).float()  # [N, 1, h, w]
-        logits = F.interpolate(low_res, size=self._frame_size, mode="bilinear", align_corners=False)
-        logits_np = logits[:, 0].cpu().numpy()  # [N, H, W] float32
+        masks = upsample_logits(low_res, self._frame_size)[:, 0] > 0  # [N, H, W] bool
+        boxes = mask_boxes(masks)
+        masks_host = masks.cpu().numpy()
+        result.logits = LazyLogits(low_res, target_ids, self._frame_size)
         for n, target_id in enumerate(target_ids):
             target = self._targets[target_id]
-            mask = logits_np[n] > 0
-            result.logits[target_id] = logits_np[n]
-            result.masks[target_id] = mask
+            result.masks[target_id] = masks_host[n]
             result.scores[target_id] = target.score
             result.states[target_id] = target.state
-            result.boxes[target_id] = mask_box(mask)
+            result.boxes[target_id] = boxes[n]
         return result
 
 
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Tight box ``(x0, y0, x1, y1)`` of a bool mask, x1/y1 exclusive (pixel edges); None if empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+def upsample_logits(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Mask logits ``[N, 1, h, w]`` -> ``[N, 1, H, W]``, bilinear as ``SAM2VideoPredictor`` resizes its output."""
+    return F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
+
+
+def mask_boxes(masks: torch.Tensor) -> list[tuple[int, int, int, int] | None]:
+    """Tight boxes ``(x0, y0, x1, y1)`` of bool masks ``[N, H, W]``, x1/y1 exclusive (pixel edges); None if
+    empty. Reduced on the masks' device; one ``[N, 5]`` transfer."""
+    pixels = masks.view(torch.uint8)  # (bool.any along a dimension is ~20x slower than uint8 amax on a CPU)
+    rows, cols = pixels.amax(dim=2) > 0, pixels.amax(dim=1) > 0  # [N, H], [N, W]
+
+    def span(occupied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # first occupied, last occupied + 1
+        index = torch.arange(occupied.size(1), device=occupied.device)
+        first = torch.where(occupied, index, occupied.size(1)).amin(dim=1)
+        return first, torch.where(occupied, index + 1, 0).amax(dim=1)
+
+    (y0, y1), (x0, x1) = span(rows), span(cols)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).cpu().tolist()  # [N, 4]
+    return [tuple(box) if box[2] > 0 else None for box in boxes]  # x1 = 0: no occupied column
+
+
+class LazyLogits(Mapping[int, np.ndarray]):
+    """Read-only ``target id -> float32 H×W`` logit map of one result, upsampled and copied to the host on first
+    read (then kept). Until then a result holds only the low-resolution logits, on the tracker's device."""
+
+    def __init__(self, low_res: torch.Tensor, target_ids: Sequence[int], size: tuple[int, int]) -> None:
+        self._low_res = low_res  # [N, 1, h, w] float32
+        self._rows = {target_id: n for n, target_id in enumerate(target_ids)}
+        self._size = size
+        self._read: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, target_id: int) -> np.ndarray:
+        if target_id not in self._read:
+            n = self._rows[target_id]
+            with torch.inference_mode():
+                logits = upsample_logits(self._low_res[n : n + 1], self._size)  # [1, 1, H, W]
+            self._read[target_id] = logits[0, 0].cpu().numpy()
+        return self._read[target_id]
+
+    def __contains__(self, target_id: object) -> bool:  # without reading the map (Mapping's default would)
+        return target_id in self._rows
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
