@@ -4,9 +4,11 @@ Measures (CPU, torch threads pinned and reported; or ``--device cuda``, where bo
 as SAM-2's own video examples do, and every timing synchronises the GPU):
   1. per-frame cost, 1 target: tracker.step vs one step of SAM2VideoPredictor.propagate_in_video
      (interleaved frame by frame so both see the same machine load);
-  2. 8 targets vs 1 target (tracker; and the predictor with 8 objects for reference);
+  2. N targets (--targets, default 8) vs 1 target (tracker; and the predictor with N objects for reference);
   3. RSS growth over a long stream (tiny config);
-  4. catch-up cost: add_target(at=now-k) for k buffered frames.
+  4. catch-up cost: add_target(at=now-k) for k buffered frames;
+  5. torch ops the tracker dispatches per step outside the four SAM-2 parts, 1 vs N targets (each is at least one
+     kernel launch on a GPU: host-side work that batching does not hide). Deterministic, so any machine will do.
 
 Commands used for bench/RESULTS_tracking.md:
   .venv/bin/python bench/bench_tracking.py --config tiny --frames 60 --multi-frames 30 --rss-frames 5000 --threads 1
@@ -14,6 +16,9 @@ Commands used for bench/RESULTS_tracking.md:
       --no-reference-multi --sections 1,2 --threads 1
   python bench/bench_tracking.py --config sam2.1_hiera_t --device cuda --frames 40 --multi-frames 20 --sections 1,2,4
   .venv/bin/python bench/bench_tracking.py --config sam2.1_hiera_t --frames 6 --sections 4 --catch-up 1,4,8 --threads 1
+  .venv/bin/python bench/bench_tracking.py --config tiny --frames 40 --multi-frames 30 --rss-frames 0 \
+      --sections 1,2 --threads 1   (and --targets 16 --no-reference-multi --sections 2)
+  .venv/bin/python bench/bench_tracking.py --config tiny --pointer-encodings --sections 5 --targets 16 --threads 1
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from functools import wraps
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # silence the predictor's progress bars
@@ -34,6 +40,7 @@ import numpy as np
 import psutil
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sa2va_ros.model.sam2_grounding import build_sam2, bundled_sam2_config, tiny_sam2_config
 from sa2va_ros.tracking import StreamingTracker, TrackerConfig
@@ -44,13 +51,16 @@ def write_clip(folder: Path, num_frames: int, size: int, num_objects: int) -> tu
     """``num_objects`` noisy moving squares as ``size``² JPEGs; decoded frames + frame-0 masks."""
     rng = np.random.default_rng(0)
     side = size // 8
-    starts = [(size // 10 + (i % 4) * size // 5, size // 10 + (i // 4) * size // 3) for i in range(num_objects)]
+    rows = (num_objects + 3) // 4  # four squares per row; rows squeeze together past three so all stay in view
+    row_step = min(size // 3, (size - size // 5 - side) // max(1, rows - 1))
+    starts = [(size // 10 + (i % 4) * size // 5, size // 10 + (i // 4) * row_step) for i in range(num_objects)]
     frames = []
     for t in range(num_frames):
         image = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
         for i, (x0, y0) in enumerate(starts):
             dx = (t * max(1, size // 128)) % (size // 6)
-            image[y0 : y0 + side, x0 + dx : x0 + dx + side] = (60 + 25 * i, 200 - 15 * i, 40 + 20 * i)
+            colour = ((60 + 25 * i) % 256, (200 - 15 * i) % 256, (40 + 20 * i) % 256)
+            image[y0 : y0 + side, x0 + dx : x0 + dx + side] = colour
         path = folder / f"{t:05d}.jpg"
         Image.fromarray(image).save(path, quality=95)
         frames.append(np.array(Image.open(path).convert("RGB")))
@@ -207,6 +217,48 @@ def catch_up_cost(model, frames, masks, ks: list[int]) -> None:
         )
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the torch ops dispatched, except inside functions wrapped by ``uncounted``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counting, self.ops = True, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += self.counting
+        return func(*args, **(kwargs or {}))
+
+    def uncounted(self, fn: Callable) -> Callable:
+        @wraps(fn)
+        def call(*args, **kwargs):
+            self.counting = False
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.counting = True
+
+        return call
+
+
+def host_ops(model, frames, masks, num_targets: int) -> None:
+    """Torch ops per step in the tracker's own code (memory assembly, results: masks and boxes read, logits not)."""
+    print("\n[5] torch ops per step outside the four SAM-2 parts (steady state, frames 20..29)")
+    for count in sorted({1, num_targets}):
+        tracker = StreamingTracker(model)
+        for i in range(count):
+            tracker.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
+        for frame in frames[1:20]:
+            tracker.step(frame)
+        counter = _OpCounter()
+        for name in ("encode_image", "attend_memory", "encode_memory", "decode_masks"):
+            setattr(tracker.parts, name, counter.uncounted(getattr(tracker.parts, name)))
+        with counter:
+            for frame in frames[20:30]:
+                result = tracker.step(frame)
+                [(result.masks[i], result.boxes[i]) for i in result.masks]
+        print(f"  {count:2d} target(s): {counter.ops / 10:6.0f} ops per step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="tiny", help="tiny, or a bundled variant such as sam2.1_hiera_t")
@@ -218,14 +270,28 @@ def main() -> None:
     parser.add_argument("--catch-up", default="1,4,8", help="k values for [4]; empty to skip")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--sections", default="1,2,3,4", help="which measurements to run")
+    parser.add_argument("--sections", default="1,2,3,4", help="which measurements to run (5: host ops, opt-in)")
+    parser.add_argument(
+        "--pointer-encodings",
+        action="store_true",
+        help="tiny config with SAM 2.1's temporal encodings of object pointers (obj_ptr_tpos_proj)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.config == "tiny":
         model_cfg = tiny_sam2_config(128)
-        predictor = build_reference_predictor("sam2_hiera_t", model_cfg)
+        variant = "sam2_hiera_t"
+        if args.pointer_encodings:  # sam2.1_hiera_t's settings that sam2_hiera_t lacks
+            variant = "sam2.1_hiera_t"
+            model_cfg.update(
+                add_tpos_enc_to_obj_ptrs=True,
+                proj_tpos_enc_in_obj_ptrs=True,
+                use_signed_tpos_enc_to_obj_ptrs=True,
+                no_obj_embed_spatial=True,
+            )
+        predictor = build_reference_predictor(variant, model_cfg)
     else:
         model_cfg = bundled_sam2_config(args.config)
         predictor = build_reference_predictor(args.config)
@@ -244,7 +310,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "per_frame"
         folder.mkdir()
-        frames, masks = write_clip(folder, args.frames, model.image_size, max(2, args.targets))
+        frames, masks = write_clip(
+            folder, max(args.frames, 30 if 5 in sections else 0), model.image_size, max(2, args.targets)
+        )
         if 1 in sections:
             per_frame_cost(predictor, model, folder, frames, masks, steady_from=model.max_obj_ptrs_in_encoder)
         if 2 in sections:
@@ -258,6 +326,8 @@ def main() -> None:
         rss_growth(model, frames, masks, args.rss_frames)
     if 4 in sections and args.catch_up:
         catch_up_cost(model, frames, masks, [int(k) for k in args.catch_up.split(",")])
+    if 5 in sections:
+        host_ops(model, frames, masks, args.targets)
 
 
 if __name__ == "__main__":
