@@ -1,12 +1,16 @@
-"""Label images: per-target boolean masks <-> one H×W image where 0 = background and k = target id.
+"""Label images: per-target boolean masks <-> one H×W image where 0 = background and k = target id; and
+drawing them (masks blended, boxes and "id phrase" labels, one stable colour per target id).
 
-ROS-free, so the pipeline, the replay evaluation and the node build and read label images the same way.
+ROS-free, so the pipeline, the replay evaluation, the demo and the node build, read and draw label images the
+same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
+import cv2
 import numpy as np
 
 BACKGROUND_ID = 0
@@ -67,3 +71,50 @@ def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndar
         colour = OVERLAY_COLOURS[index % len(OVERLAY_COLOURS)]
         out[mask] = (1 - alpha) * out[mask] + alpha * colour
     return out.clip(0, 255).astype(np.uint8)
+
+
+class DrawableTarget(Protocol):
+    """What ``draw_target_boxes`` reads of a target (the pipeline's ``TargetState`` has it)."""
+
+    id: int
+    phrase: str
+    box: tuple[int, int, int, int] | None
+
+
+def target_colour(target_id: int) -> tuple[int, int, int]:
+    """The RGB colour of a target id: stable for the target's life, whatever other targets come and go."""
+    return tuple(int(c) for c in OVERLAY_COLOURS[(target_id - 1) % len(OVERLAY_COLOURS)])
+
+
+def blend_targets(frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The frame (H×W×3 RGB) with each target of the H×W label image blended in its id's colour."""
+    ids = labels.astype(np.int64)  # H×W, 0 = background
+    palette = np.arange(len(OVERLAY_COLOURS))[:, None, None]  # [C, 1, 1]
+    colour_slots = (ids > 0) & ((ids - 1) % len(OVERLAY_COLOURS) == palette)  # [C, H, W]: ids of colour c
+    return overlay(frame, colour_slots)
+
+
+def text_style(shape: tuple[int, ...]) -> tuple[float, int]:
+    """Font scale and line thickness for a frame: readable from thumbnails up to HD frames."""
+    short_side = min(shape[:2])
+    return max(0.3, short_side / 480), max(1, round(short_side / 400))
+
+
+def ascii_text(text: str) -> str:
+    """``text`` with non-ASCII characters replaced: OpenCV's Hershey fonts draw ASCII only."""
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def draw_target_boxes(image: np.ndarray, targets: Sequence[DrawableTarget], top: int = 0) -> np.ndarray:
+    """Draw each target's box and "id phrase" in its id's colour, in place (labels stay below row ``top``)."""
+    scale, thickness = text_style(image.shape)
+    (_, text_height), _ = cv2.getTextSize("0", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    for target in targets:
+        if target.box is None:
+            continue
+        colour = target_colour(target.id)
+        x0, y0, x1, y1 = target.box
+        cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), colour, thickness)
+        cv2.putText(image, ascii_text(f"{target.id} {target.phrase}"), (x0 + 1, max(y0 - 3, top + text_height + 2)),
+                    cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+    return image

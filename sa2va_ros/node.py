@@ -27,7 +27,6 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import numpy as np
 import rclpy
 import torch
@@ -39,7 +38,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from sa2va_ros.diagnostics import INTERNAL_PREFIX, ProblemLog, diagnostic_array, health_status
-from sa2va_ros.label_mask import OVERLAY_COLOURS, overlay
+from sa2va_ros.label_mask import blend_targets, draw_target_boxes
 from sa2va_ros.node_params import PARAMETER_NAMES, PARAMETERS, NodeParams, ParameterError, validate_parameters
 from sa2va_ros.pipeline import (
     Answer,
@@ -87,20 +86,9 @@ def load_model(params: NodeParams) -> Grounder:
 
 
 def draw_overlay(frame: np.ndarray, result: FrameResult) -> np.ndarray:
-    """The frame with each tracked target's mask blended in, its box and "id phrase" drawn (H×W×3 uint8)."""
-    tracking = [target for target in result.targets if target.state == TRACKING]
-    if not tracking:
-        return frame.copy()
-    image = overlay(frame, np.stack([target.mask for target in tracking]))  # H×W×3
-    for index, target in enumerate(tracking):
-        if target.box is None:
-            continue
-        colour = tuple(int(c) for c in OVERLAY_COLOURS[index % len(OVERLAY_COLOURS)])
-        x0, y0, x1, y1 = target.box
-        cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), colour, 1)
-        label = f"{target.id} {target.phrase}"
-        cv2.putText(image, label, (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
-    return image
+    """The frame with each tracked target's mask blended in, its box and "id phrase" drawn, in its id's colour."""
+    image = blend_targets(frame, result.labels)  # H×W×3
+    return draw_target_boxes(image, [target for target in result.targets if target.state == TRACKING])
 
 
 class Sa2VANode(LifecycleNode):

@@ -27,14 +27,13 @@ from tqdm import tqdm
 
 from sa2va_ros.cli.common import load_model
 from sa2va_ros.eval.metrics import video_region_similarity
-from sa2va_ros.label_mask import OVERLAY_COLOURS, overlay
+from sa2va_ros.label_mask import ascii_text, blend_targets, draw_target_boxes, text_style
 from sa2va_ros.pipeline import (
     CommandError,
     FrameResult,
     LatestFrameSlot,
     Pipeline,
     PipelineConfig,
-    TargetState,
     clean_command,
 )
 from sa2va_ros.synthetic import CLASSES, COLOURS, HELD_OUT_PAIRS, ReferringStream, StreamFrame, sample_referring_stream
@@ -114,59 +113,21 @@ def _words(text: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- drawing
 
 
-def target_colour(target_id: int) -> tuple[int, int, int]:
-    """The RGB colour of a target id: stable for the target's life, whatever other targets come and go."""
-    return tuple(int(c) for c in OVERLAY_COLOURS[(target_id - 1) % len(OVERLAY_COLOURS)])
-
-
-def blend_targets(frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The frame (H×W×3 RGB) with each target of the H×W label image blended in its id's colour."""
-    ids = labels.astype(np.int64)  # H×W, 0 = background
-    palette = np.arange(len(OVERLAY_COLOURS))[:, None, None]  # [C, 1, 1]
-    colour_slots = (ids > 0) & ((ids - 1) % len(OVERLAY_COLOURS) == palette)  # [C, H, W]: ids of colour c
-    return overlay(frame, colour_slots)
-
-
-def draw_boxes(image: np.ndarray, targets: tuple[TargetState, ...], top: int = 0) -> np.ndarray:
-    """Draw each tracked target's box and "id phrase" in its id's colour, in place; labels stay below row ``top``."""
-    scale, thickness = _font(image.shape)
-    (_, text_height), _ = cv2.getTextSize("0", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    for target in targets:
-        if target.state != TRACKING or target.box is None:
-            continue
-        colour = target_colour(target.id)
-        x0, y0, x1, y1 = target.box
-        cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), colour, thickness)
-        cv2.putText(image, _ascii(f"{target.id} {target.phrase}"), (x0 + 1, max(y0 - 3, top + text_height + 2)),
-                    cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
-    return image
-
-
 def annotate_frame(frame: np.ndarray, result: FrameResult, header: str, answer: str) -> np.ndarray:
     """The demo frame (H×W×3 RGB): masks blended, a top band with ``header``, a bottom band with ``answer``, then
     boxes and "id phrase" labels on top."""
     image = blend_targets(frame, result.labels)
     height, width = image.shape[:2]
-    scale, thickness = _font(image.shape)
+    scale, thickness = text_style(image.shape)
     (_, text_height), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     band = text_height + baseline + 4
     for text, top in ((header, 0), (answer, height - band)):
         shaded = image[top : top + band]  # band×W×3 view
         shaded[:] = (0.45 * shaded).astype(np.uint8)  # darken so white text reads on any background
-        fitted = _fit(_ascii(text), width - 4, scale, thickness)
+        fitted = _fit(ascii_text(text), width - 4, scale, thickness)
         cv2.putText(image, fitted, (2, top + 2 + text_height), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_COLOUR,
                     thickness, cv2.LINE_AA)
-    return draw_boxes(image, result.targets, top=band)
-
-
-def _font(shape: tuple[int, ...]) -> tuple[float, int]:
-    """Font scale and line thickness for a frame: readable from thumbnails up to HD frames."""
-    short_side = min(shape[:2])
-    return max(0.3, short_side / 480), max(1, round(short_side / 400))
-
-
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii")  # OpenCV's Hershey fonts draw ASCII only
+    return draw_target_boxes(image, [t for t in result.targets if t.state == TRACKING], top=band)
 
 
 def _fit(text: str, width: int, scale: float, thickness: int) -> str:
