@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
-from test_eval_datasets import write_video_benchmark
 
 from sa2va_ros.cli import make_bag
 from sa2va_ros.eval.bags import (
@@ -28,6 +27,7 @@ from sa2va_ros.model.presets import tiny_model
 from sa2va_ros.ros_io import decode_image, decode_label_mask, stamp_to_ns
 from sa2va_ros.synthetic import sample_referring_video
 from sa2va_ros.tracking import TrackerConfig
+from tests.dataset_fixtures import write_video_benchmark
 from tests.model_helpers import scripted_answer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -19,7 +19,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from test_eval_datasets import write_refcoco, write_video_benchmark
 
 from sa2va_ros.cli import eval as eval_cli
 from sa2va_ros.eval.datasets import ReferringVideoDataset
@@ -34,6 +33,7 @@ from sa2va_ros.eval.run import (
     video_instruction,
     video_prompt,
 )
+from tests.dataset_fixtures import write_refcoco, write_video_benchmark
 
 TESTS_DIR = Path(__file__).resolve().parent
 Respond = Callable[[Any, np.ndarray], tuple[str, list[np.ndarray]]]
@@ -187,8 +187,8 @@ def test_two_processes_take_every_other_sample_and_the_main_one_merges(tmp_path:
     worker = tmp_path / "worker.py"
     worker.write_text(
         "import json, sys\n"
-        f"sys.path.insert(0, {str(TESTS_DIR)!r})\n"
-        "from test_eval_run import OracleModel\n"
+        f"sys.path.insert(0, {str(TESTS_DIR.parent)!r})\n"
+        "from tests.test_eval_run import OracleModel\n"
         "from sa2va_ros.eval.run import evaluate_benchmark, open_benchmark, process_state\n"
         f"dataset, _ = open_benchmark({str(root)!r})\n"
         "model, state = OracleModel(dataset), process_state('cpu')\n"
