@@ -13,7 +13,7 @@ from sa2va_ros.model.presets import tiny_model
 from sa2va_ros.train import LoraSettings, TrainConfig, load_train_config, train
 from sa2va_ros.train.data import synthetic_sample
 from sa2va_ros.train.loop import build_model
-from sa2va_ros.train.objective import Sa2VAObjective, dice_loss, soft_iou
+from sa2va_ros.train.objective import Sa2VAObjective, best_candidate_losses, dice_loss, soft_iou
 from sa2va_ros.train.policy import apply_policy
 
 TINY = {"hidden": 32, "layers": 1, "tile_size": 28, "sam_image_size": 64, "max_dynamic_patch": 1}
@@ -43,6 +43,20 @@ def test_dice_and_iou_hand_cases():
     torch.testing.assert_close(dice_loss(logits, target), torch.tensor([0.25]), atol=1e-4, rtol=0)
     assert soft_iou(logits[:, None], target).item() == pytest.approx(0.5)
     assert soft_iou(-logits[:, None].abs(), torch.zeros_like(target)).item() == 1.0  # both empty
+
+
+def test_only_the_best_mask_candidate_is_supervised():
+    target = torch.zeros(2, 4, 4)
+    target[:, :2] = 1  # the top half
+    exact = torch.where(target > 0, 20.0, -20.0)  # [2, 4, 4] logits that match
+    wrong = -exact
+    multi = torch.stack([torch.stack([wrong[0], exact[0], torch.zeros(4, 4)]),  # best: candidate 1
+                         torch.stack([torch.zeros(4, 4), wrong[1], exact[1]])])  # best: candidate 2
+    bce, dice = best_candidate_losses(multi, target, bce_weight=2.0, dice_weight=0.5)
+    assert bce.shape == dice.shape == (2,)
+    assert (bce < 1e-6).all() and (dice < 1e-3).all()
+    single_bce, single_dice = best_candidate_losses(wrong[:, None], target, 2.0, 0.5)  # M = 1: that one
+    assert (single_bce > 5).all() and (single_dice > 0.9).all()
 
 
 def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):

@@ -1,4 +1,4 @@
-"""The Sa2VA training objective: next-token CE + BCE + Dice on the best-IoU mask (+ object score, IoU head)."""
+"""The Sa2VA training objective: next-token CE + BCE + Dice on the best mask candidate (+ object score, IoU head)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,19 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     prob = logits.sigmoid().flatten(1)
     target = target.flatten(1)
     return 1 - (2 * (prob * target).sum(-1) + eps) / (prob.sum(-1) + target.sum(-1) + eps)
+
+
+def best_candidate_losses(
+    multi: torch.Tensor, target: torch.Tensor, bce_weight: float, dice_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BCE and Dice ``[N]`` of the candidate with the lowest weighted loss among ``[N, M, h, w]`` logits against
+    ``[N, h, w]`` targets: as SAM trains multimask outputs, only the best candidate learns, and the IoU head learns
+    to pick it (choosing by the IoU head instead supervises a random candidate while that head is untrained)."""
+    expanded = target[:, None].expand_as(multi)
+    bce = F.binary_cross_entropy_with_logits(multi, expanded, reduction="none").flatten(2).mean(-1)  # [N, M]
+    dice = dice_loss(multi.flatten(0, 1), expanded.flatten(0, 1)).view_as(bce)  # [N, M]
+    best = (bce_weight * bce + dice_weight * dice).argmin(dim=1, keepdim=True)  # [N, 1]
+    return bce.gather(1, best)[:, 0], dice.gather(1, best)[:, 0]
 
 
 def soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -104,10 +117,8 @@ class Sa2VAObjective(nn.Module):
         multi = out["multimask_logits"].float()  # [K, M, h, w]
         target = torch.from_numpy(np.stack([sample.labels == i for i in chosen])).float()[:, None].to(device)
         target = F.interpolate(target, size=multi.shape[-2:], mode="area")[:, 0]  # [K, h, w]
-        expanded = target[:, None].expand_as(multi)
-        bce = F.binary_cross_entropy_with_logits(multi, expanded, reduction="none").flatten(2).mean(-1)  # [K, M]
-        dice = dice_loss(multi.flatten(0, 1), expanded.flatten(0, 1)).view_as(bce)
-        mask_loss = (cfg.bce_weight * bce + cfg.dice_weight * dice).amin(dim=1).mean()
+        bce, dice = best_candidate_losses(multi, target, cfg.bce_weight, cfg.dice_weight)  # [K] each
+        mask_loss = (cfg.bce_weight * bce + cfg.dice_weight * dice).mean()
         iou = F.mse_loss(out["iou_predictions"].float(), soft_iou(multi.detach(), target))
         score = F.binary_cross_entropy_with_logits(
             out["object_score_logits"].float()[:, 0], torch.ones(len(chosen), device=device)
@@ -124,9 +135,11 @@ class Sa2VAObjective(nn.Module):
             size = out["pred_masks"].shape[-2:]
             target = torch.stack([torch.from_numpy(masks[t]).float() for masks in sample.masks])[:, None]
             target = F.interpolate(target.to(embeddings.device), size=size, mode="area")[:, 0]  # [N, h, w]
-            pred = out["pred_masks"][:, 0].float()
-            bce.append(F.binary_cross_entropy_with_logits(pred, target, reduction="none").flatten(1).mean(-1))
-            dice.append(dice_loss(pred, target))
+            frame_bce, frame_dice = best_candidate_losses(  # M = 3 on conditioning frames, 1 when tracked
+                out["multimask_logits"].float(), target, self.config.bce_weight, self.config.dice_weight
+            )
+            bce.append(frame_bce)
+            dice.append(frame_dice)
             present = (target.flatten(1).amax(-1) > 0.5).float()
             score.append(F.binary_cross_entropy_with_logits(out["object_score_logits"].float()[:, 0], present))
             actual = soft_iou(out["multimask_logits"].detach().float(), target)
