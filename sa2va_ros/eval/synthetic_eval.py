@@ -2,7 +2,9 @@
 
 Referring images: gIoU / cIoU of the union of predicted masks vs the union of target masks. Referring videos:
 ground on the first frame (the keyframe), then track with the streaming tracker; J, F and J&F. Absent
-targets: the share of answers with no ``[SEG]``.
+targets: the share of answers with no ``[SEG]``. A diagnostic of the model's SAM-2 alone: one random point
+inside each visible object, the IoU of the candidate mask SAM-2 selects and of its best candidate (a gap means
+the IoU head picks badly; both low means SAM-2 does not delineate objects yet).
 
     python -m sa2va_ros.eval.synthetic_eval --model sa2va_ros/assets/sa2va_tiny --images 200 --videos 50
 """
@@ -49,6 +51,46 @@ def evaluate_absent(model: Any, split: str, count: int, size: tuple[int, int], s
     return {"no_seg_rate": clean / max(count, 1), "count": count}
 
 
+def evaluate_point_prompts(
+    model: Any, split: str, count: int, size: tuple[int, int], seed0: int = 0
+) -> dict[str, float]:
+    """SAM-2 prompted by one random point inside each visible object of ``count`` images: mean IoU of the selected
+    mask and of the best of the candidate masks, per object."""
+    from sa2va_ros.model.sam2_grounding import upsample_logits
+
+    sam = model.grounding_encoder
+    device = next(sam.parameters()).device
+    selected, best = [], []
+    for i in tqdm(range(count), desc=f"points/{split}", leave=False):
+        sample = sample_referring_image(seed0 + i, split=split, size=size)
+        height, width = sample.labels.shape
+        ids = [k for k in np.unique(sample.labels) if k > 0]
+        rng = np.random.default_rng(seed0 + i)
+        coords = []
+        for k in ids:
+            ys, xs = np.nonzero(sample.labels == k)
+            j = rng.integers(ys.size)
+            coords.append([(xs[j] + 0.5) / width * sam.image_size, (ys[j] + 0.5) / height * sam.image_size])
+        points = {
+            "point_coords": torch.tensor(coords, dtype=torch.float32, device=device)[:, None],  # [K, 1, 2]
+            "point_labels": torch.ones(len(ids), 1, dtype=torch.int32, device=device),  # [K, 1]
+        }
+        with torch.inference_mode():
+            feats, pos, sizes = sam.encode_frame(sam.preprocess([sample.image]).to(device))
+            out = sam.decode_point_prompts(feats, pos, sizes, points)
+            chosen = upsample_logits(out["pred_masks"].float(), sam.image_size, height, width)[:, 0] > 0  # [K, H, W]
+            candidates = upsample_logits(out["multimask_logits"].float(), sam.image_size, height, width) > 0
+        for n, k in enumerate(ids):
+            truth = sample.labels == k
+            selected.append(_iou(chosen[n].cpu().numpy(), truth))
+            best.append(max(_iou(mask.cpu().numpy(), truth) for mask in candidates[n]))
+    return {"selected_iou": float(np.mean(selected)), "best_candidate_iou": float(np.mean(best)), "objects": len(best)}
+
+
+def _iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    return float((pred & truth).sum() / max((pred | truth).sum(), 1))
+
+
 def evaluate_videos(
     model: Any, split: str, count: int, size: tuple[int, int], frames: int, seed0: int = 0
 ) -> dict[str, float]:
@@ -81,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=50)
     parser.add_argument("--absent", type=int, default=100)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--point-images", type=int, default=30, help="images for the SAM-2 point-prompt diagnostic")
     parser.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="write the scores here")
@@ -97,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "compositional_images": evaluate_images(model, "compositional", args.images, size),
         "test_absent": evaluate_absent(model, "test", args.absent, size),
         "test_videos": evaluate_videos(model, "test", args.videos, size, args.frames),
+        "sam2_point_prompts": evaluate_point_prompts(model, "test", args.point_images, size),
     }
     scores["seconds"] = round(time.monotonic() - started, 1)
     text = json.dumps(scores, indent=2)
