@@ -10,6 +10,7 @@ import torch
 
 from sa2va_ros.model import Sa2VA
 from sa2va_ros.model.presets import tiny_model
+from sa2va_ros.synthetic.vocabulary import IMAGE_KIND_WEIGHTS
 from sa2va_ros.train import LoraSettings, TrainConfig, load_train_config, train
 from sa2va_ros.train.data import synthetic_sample
 from sa2va_ros.train.loop import build_model
@@ -65,8 +66,9 @@ def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):
     objective = Sa2VAObjective(model, config).train()
     sample = synthetic_sample(3, 0, {"video": 1.0}, (48, 64), 2)
     losses = objective(sample)
-    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "points", "total"}
+    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "points", "total"}
     assert losses["points"].item() == 0.0  # point prompts are off unless configured
+    assert losses["align"].item() == 0.0  # so is the alignment loss
     assert all(torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
     assert model.text_hidden_fcs[0].weight.grad is not None
@@ -97,6 +99,54 @@ def test_point_prompts_train_sam2_and_the_warm_up_skips_the_llm(tmp_path):
     assert sam.image_encoder.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
     assert sam.sam_mask_decoder.iou_prediction_head.layers[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.mllm.parameters())  # no LLM in the warm-up
+
+
+def test_alignment_loss_rewards_the_phrase_s_object_locations(tmp_path):
+    config = _config(tmp_path, align_weight=1.0)
+    objective = Sa2VAObjective(build_model(config), config)
+    pe = objective.model.grounding_encoder.sam_prompt_encoder.get_dense_pe().detach()  # [1, C, h, w]
+    _, channels, h, w = pe.shape
+    query = torch.randn(1, channels, requires_grad=True)
+    masks = torch.zeros(1, 1, 4 * h, 4 * w)
+    masks[..., : 2 * h, : 2 * w] = 1  # the object: the top-left quarter of the image
+    inside = torch.zeros(1, 1, h, w)
+    inside[..., : h // 2, : w // 2] = 1
+    direction = query.detach()[:, :, None, None]
+
+    def loss(pix_feat: torch.Tensor) -> torch.Tensor:
+        return objective._alignment_loss(pix_feat, query, masks)
+
+    matching = loss(10 * direction * inside - pe)  # keys = the query on the object, 0 elsewhere
+    # cos 1 on the h·w/4 object cells, 0 elsewhere: -log(e^10 / (h·w/4 · e^10 + 3·h·w/4)) ≈ log(h·w/4)
+    assert matching.item() == pytest.approx(torch.log(torch.tensor(h * w / 4)).item(), abs=0.01)
+    opposite = loss(-10 * direction * inside - pe)
+    unrelated = loss(torch.randn(1, channels, h, w))
+    assert matching < unrelated < opposite
+    opposite.backward()
+    assert query.grad.abs().sum() > 0  # the [SEG] vector learns from it
+    assert loss(torch.randn(1, channels, h, w)).item() > 0
+    assert objective._alignment_loss(torch.randn(1, channels, h, w), query, torch.zeros_like(masks)).item() == 0.0
+
+    sample = synthetic_sample(1, 0, {"image": 1.0}, (48, 64), 2)
+    losses = objective(sample)
+    if "[SEG]" in sample.answer:
+        assert losses["align"].item() > 0
+    expected = (losses["ce"] + 2 * losses["bce"] + 0.5 * losses["dice"] + losses["object_score"] + losses["iou"]
+                + losses["align"])
+    torch.testing.assert_close(losses["total"], expected)
+
+
+def test_kind_weights_steer_the_training_mix(tmp_path):
+    only_absent = {kind: 0.0 for kind in IMAGE_KIND_WEIGHTS} | {"absent": 1.0}
+    for index in range(3):
+        sample = synthetic_sample(index, 0, {"image": 1.0}, (48, 64), 2, kind_weights=only_absent)
+        assert sample.kind == "absent" and sample.masks == [] and "[SEG]" not in sample.answer
+    default = [synthetic_sample(i, 0, {"image": 1.0}, (48, 64), 2).kind for i in range(3)]
+    assert [synthetic_sample(i, 0, {"image": 1.0}, (48, 64), 2, kind_weights={}).kind for i in range(3)] == default
+    with pytest.raises(ValueError, match="unknown kinds"):
+        _config(tmp_path, kind_weights={"dance": 1.0}).validate()
+    with pytest.raises(ValueError, match="align_temperature"):
+        _config(tmp_path, align_temperature=0.0).validate()
 
 
 def test_training_init_keeps_sam2_mask_logits_in_a_trainable_range(tmp_path):

@@ -45,12 +45,13 @@ def tiny_config(
     sam_image_size: int = 128,
     vision_hidden: int = 32,
     vision_layers: int = 1,
+    sam_trunk_dim: int = 16,
     **overrides: Any,
 ) -> Sa2VAConfig:
     """A tiny random-weight configuration of one family (special token ids come from the tiny tokenizer)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
-    sam2 = tiny_sam2_config(sam_image_size)
+    sam2 = tiny_sam2_config(sam_image_size, sam_trunk_dim)
     if family.startswith("internvl"):
         text_type = "qwen2" if family == "internvl-qwen2" else "llama"
         mllm = {

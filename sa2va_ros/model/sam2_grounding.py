@@ -264,6 +264,7 @@ class Sa2VASam2(SAM2Base):
             "iou_predictions": ious,  # [B, M]
             "obj_ptr": obj_ptr,
             "object_score_logits": score,  # [B, 1]
+            "pix_feat": pix_feat,  # [B, C, h, w] the image embedding the decoder read (memory-conditioned)
         }
 
     def _store_memory(self, out: dict, feats: list[torch.Tensor], sizes: list) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from sa2va_ros.synthetic.vocabulary import EXPRESSION_KINDS
+
 
 @dataclass
 class LoraSettings:
@@ -54,6 +56,13 @@ class TrainConfig:
     point_prompts: int = 0
     point_prompt_weight: float = 1.0
     sam_warmup_steps: int = 0
+    # From-scratch aid: a dense alignment loss teaches SAM-2's image embedding (+ its positional encoding) to
+    # light up where the projected ``[SEG]`` vector's target is (softmax over locations, cosine x temperature),
+    # so the decoder's token-to-image attention has a signal to find *which* object the phrase means.
+    align_weight: float = 0.0
+    align_temperature: float = 10.0
+    # Expression-kind weights of the synthetic world overriding its defaults (e.g. more absent targets).
+    kind_weights: dict[str, float] = field(default_factory=dict)
     # What trains: "full" (tiny models from scratch) or "official" (freeze encoders + LLM base, LoRA on the LLM,
     # train LoRA, text_hidden_fcs, the SAM-2 mask decoder and the projector).
     policy: str = "full"
@@ -79,6 +88,12 @@ class TrainConfig:
             problems.append("sam_warmup_steps needs point_prompts > 0")
         if self.sam_warmup_steps >= self.steps:
             problems.append("sam_warmup_steps must be smaller than steps")
+        if self.align_weight < 0 or self.align_temperature <= 0:
+            problems.append("align_weight must be >= 0 and align_temperature > 0")
+        if unknown := set(self.kind_weights) - set(EXPRESSION_KINDS):
+            problems.append(f"kind_weights: unknown kinds {sorted(unknown)}; known: {', '.join(EXPRESSION_KINDS)}")
+        if any(v < 0 for v in self.kind_weights.values()):
+            problems.append("kind_weights must be >= 0")
         if self.video_frames < 2 and self.mix.get("video", 0) > 0:
             problems.append("video_frames must be >= 2 when videos are mixed in")
         if problems:

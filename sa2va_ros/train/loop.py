@@ -78,6 +78,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         config.video_frames,
         stride=accelerator.num_processes,
         offset=accelerator.process_index,
+        kind_weights=config.kind_weights,
     )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

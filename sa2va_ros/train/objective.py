@@ -61,7 +61,7 @@ class Sa2VAObjective(nn.Module):
         if not language:
             points = self._point_prompt_losses(sample)
             zero = points.new_zeros(())
-            return {"ce": zero, "bce": zero, "dice": zero, "object_score": zero, "iou": zero,
+            return {"ce": zero, "bce": zero, "dice": zero, "object_score": zero, "iou": zero, "align": zero,
                     "points": points, "total": points}
         images = [to_pil(frame) for frame in sample.frames]
         if len(images) == 1:
@@ -79,7 +79,7 @@ class Sa2VAObjective(nn.Module):
         if seg_hidden.size(0) != len(sample.masks):
             raise ValueError(f"answer has {seg_hidden.size(0)} [SEG] but the sample has {len(sample.masks)} masks")
         zero = hidden.new_zeros(())
-        losses.update(bce=zero, dice=zero, object_score=zero, iou=zero)
+        losses.update(bce=zero, dice=zero, object_score=zero, iou=zero, align=zero)
         if seg_hidden.size(0):
             losses.update(self._mask_losses(sample, model.text_hidden_fcs(seg_hidden)))
         losses["points"] = self._point_prompt_losses(sample) if cfg.point_prompts else zero
@@ -89,6 +89,7 @@ class Sa2VAObjective(nn.Module):
             + cfg.dice_weight * losses["dice"]
             + cfg.object_score_weight * (losses["object_score"] + losses["iou"])
             + cfg.point_prompt_weight * losses["points"]
+            + cfg.align_weight * losses["align"]
         )
         return losses
 
@@ -130,11 +131,13 @@ class Sa2VAObjective(nn.Module):
         sam = self.model.grounding_encoder
         pixels = sam.preprocess(sample.frames).to(embeddings.device)  # [T, 3, S, S]
         num_cond = 1 if self.config.train_memory else len(sample.frames)
-        bce, dice, score, iou = [], [], [], []
+        bce, dice, score, iou, align = [], [], [], [], []
         for t, out in enumerate(sam.language_video_inference(pixels, embeddings, num_cond)):
             size = out["pred_masks"].shape[-2:]
-            target = torch.stack([torch.from_numpy(masks[t]).float() for masks in sample.masks])[:, None]
-            target = F.interpolate(target.to(embeddings.device), size=size, mode="area")[:, 0]  # [N, h, w]
+            full = torch.stack([torch.from_numpy(masks[t]).float() for masks in sample.masks])[:, None]
+            target = F.interpolate(full.to(embeddings.device), size=size, mode="area")[:, 0]  # [N, h, w]
+            if t < num_cond and self.config.align_weight:
+                align.append(self._alignment_loss(out["pix_feat"], embeddings, full.to(embeddings.device)))
             frame_bce, frame_dice = best_candidate_losses(  # M = 3 on conditioning frames, 1 when tracked
                 out["multimask_logits"].float(), target, self.config.bce_weight, self.config.dice_weight
             )
@@ -149,4 +152,20 @@ class Sa2VAObjective(nn.Module):
             "dice": torch.cat(dice).mean(),
             "object_score": torch.stack(score).mean(),
             "iou": torch.stack(iou).mean(),
+            "align": torch.stack(align).mean() if align else embeddings.new_zeros(()),
         }
+
+    def _alignment_loss(self, pix_feat: torch.Tensor, embeddings: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy between each target's share of the image-embedding grid and a softmax over locations of
+        ``temperature x cos([SEG] vector, embedding + positional encoding)``; targets absent on the frame skip it.
+        ``pix_feat`` ``[N, C, h, w]``, ``embeddings`` ``[N, C]``, ``masks`` ``[N, 1, H, W]``."""
+        sam = self.model.grounding_encoder
+        keys = pix_feat + sam.sam_prompt_encoder.get_dense_pe()  # [N, C, h, w], as the decoder's keys
+        cos = torch.einsum("nc,nchw->nhw", F.normalize(embeddings, dim=-1), F.normalize(keys, dim=1))
+        target = F.interpolate(masks, size=cos.shape[-2:], mode="area")[:, 0].flatten(1)  # [N, hw]
+        present = target.sum(-1) > 0
+        if not present.any():
+            return cos.new_zeros(())
+        log_p = F.log_softmax(self.config.align_temperature * cos.flatten(1).float(), dim=-1)
+        share = target[present] / target[present].sum(-1, keepdim=True)
+        return -(share * log_p[present]).sum(-1).mean()
