@@ -66,7 +66,7 @@ def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):
     objective = Sa2VAObjective(model, config).train()
     sample = synthetic_sample(3, 0, {"video": 1.0}, (48, 64), 2)
     losses = objective(sample)
-    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "points", "total"}
+    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "objects", "points", "total"}
     assert losses["points"].item() == 0.0  # point prompts are off unless configured
     assert losses["align"].item() == 0.0  # so is the alignment loss
     assert all(torch.isfinite(v) for v in losses.values())
@@ -134,6 +134,34 @@ def test_alignment_loss_rewards_the_phrase_s_object_locations(tmp_path):
     expected = (losses["ce"] + 2 * losses["bce"] + 0.5 * losses["dice"] + losses["object_score"] + losses["iou"]
                 + losses["align"])
     torch.testing.assert_close(losses["total"], expected)
+
+
+def test_object_prompts_name_every_identifiable_object(tmp_path, monkeypatch):
+    config = _config(tmp_path, object_prompts=3, object_prompt_weight=0.5, align_weight=1.0)
+    model = build_model(config)
+    objective = Sa2VAObjective(model, config).train()
+    samples = (synthetic_sample(i, 0, {"image": 1.0}, (48, 64), 2) for i in range(20))
+    sample = next(s for s in samples if len(set(s.labels.ravel()) - {0}) >= 2)
+    passes = []
+    answer_pass = objective._answer_pass
+    monkeypatch.setattr(objective, "_answer_pass", lambda p, f, a: passes.append((p, a)) or answer_pass(p, f, a))
+    losses = objective(sample)
+    assert losses["objects"].item() > 0
+    phrase_prompt, phrase_answer = passes[1]
+    named = [f"the {colour} {cls}" for colour, cls in sample.names]
+    assert phrase_prompt.startswith("<image>\nPlease segment the ") and any(n in phrase_prompt for n in named)
+    assert 1 <= phrase_answer.count("[SEG]") <= 3
+    expected = (losses["ce"] + 2 * losses["bce"] + 0.5 * losses["dice"] + losses["object_score"] + losses["iou"]
+                + losses["align"] + 0.5 * losses["objects"])
+    torch.testing.assert_close(losses["total"], expected)
+    model.zero_grad()
+    losses["objects"].backward()
+    assert model.text_hidden_fcs[0].weight.grad.abs().sum() > 0
+    assert model.grounding_encoder.sam_mask_decoder.iou_prediction_head.layers[0].weight.grad.abs().sum() > 0
+
+    twins = type(sample)(sample.frames, sample.prompt, sample.answer, sample.masks, sample.kind, sample.labels,
+                         (("red", "ball"),) * len(sample.names))  # colour + class identify none of them
+    assert objective(twins)["objects"].item() == 0.0
 
 
 def test_kind_weights_steer_the_training_mix(tmp_path):

@@ -61,6 +61,10 @@ class TrainConfig:
     # so the decoder's token-to-image attention has a signal to find *which* object the phrase means.
     align_weight: float = 0.0
     align_temperature: float = 10.0
+    # From-scratch aid: per sample, one more phrase naming up to ``object_prompts`` objects of frame 0 that colour
+    # and class identify, each with its mask (+ alignment), weighted by ``object_prompt_weight``.
+    object_prompts: int = 0
+    object_prompt_weight: float = 1.0
     # Expression-kind weights of the synthetic world overriding its defaults (e.g. more absent targets).
     kind_weights: dict[str, float] = field(default_factory=dict)
     # What trains: "full" (tiny models from scratch) or "official" (freeze encoders + LLM base, LoRA on the LLM,
@@ -82,8 +86,9 @@ class TrainConfig:
             problems.append("steps and batch_size must be >= 1")
         if not self.mix or any(v < 0 for v in self.mix.values()) or set(self.mix) - {"image", "video"}:
             problems.append(f"mix must weight 'image' and/or 'video' with non-negative numbers, got {self.mix}")
-        if self.point_prompts < 0 or self.point_prompt_weight < 0 or self.sam_warmup_steps < 0:
-            problems.append("point_prompts, point_prompt_weight and sam_warmup_steps must be >= 0")
+        if min(self.point_prompts, self.point_prompt_weight, self.sam_warmup_steps, self.object_prompts,
+               self.object_prompt_weight) < 0:
+            problems.append("point_prompts, object_prompts, their weights and sam_warmup_steps must be >= 0")
         if self.sam_warmup_steps and not self.point_prompts:
             problems.append("sam_warmup_steps needs point_prompts > 0")
         if self.sam_warmup_steps >= self.steps:

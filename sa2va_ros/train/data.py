@@ -21,6 +21,7 @@ class TrainSample:
     masks: list[list[np.ndarray]]  # per [SEG]: T x (H, W) bool
     kind: str
     labels: np.ndarray  # (H, W) uint8 visible-instance label map of frame 0 (0 = background, i = object i - 1)
+    names: tuple[tuple[str, str], ...] = ()  # (colour, class) of object i - 1, for the object-prompt aid
 
 
 def _choose(rng: np.random.Generator, weights: dict[str, float]) -> str:
@@ -44,12 +45,13 @@ def synthetic_sample(
     if modality == "image":
         item = sample_referring_image(sample_seed, split="train", size=size, kind=forced)
         frames, masks, labels = [item.image], [[mask] for mask in item.target_masks], item.labels
-        prompt, answer, kind = item.prompt, item.answer, item.kind
+        prompt, answer, kind, objects = item.prompt, item.answer, item.kind, item.objects
     else:
         video = sample_referring_video(sample_seed, split="train", num_frames=video_frames, size=size, kind=forced)
         frames, masks, labels = video.frames, video.target_masks, video.labels[0]
-        prompt, answer, kind = video.prompt, video.answer, video.kind
-    return TrainSample(frames, "<image>\n" + prompt, answer, masks, kind, labels)
+        prompt, answer, kind, objects = video.prompt, video.answer, video.kind, video.objects
+    names = tuple((o.colour, o.cls) for o in objects)
+    return TrainSample(frames, "<image>\n" + prompt, answer, masks, kind, labels, names)
 
 
 def sample_stream(start: int, seed: int, mix: dict[str, float], size: tuple[int, int], video_frames: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -9,9 +11,12 @@ from torch import nn
 
 from sa2va_ros.model import Sa2VA
 from sa2va_ros.model.preprocess import to_pil
+from sa2va_ros.synthetic.language import join_phrases, segmentation_answer
 
 from .config import TrainConfig
 from .data import TrainSample
+
+MIN_OBJECT_PIXELS = 64  # object prompts skip slivers (an object almost hidden by another)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -58,42 +63,54 @@ class Sa2VAObjective(nn.Module):
     def forward(self, sample: TrainSample, language: bool = True) -> dict[str, torch.Tensor]:
         """The losses of one sample; ``language=False`` is the SAM-2 warm-up (point prompts only, no LLM)."""
         model, cfg = self.model, self.config
+        sam = model.grounding_encoder
+        zero = torch.zeros((), device=next(sam.parameters()).device)
+        frame0 = None  # frame 0 encoded once for the point- and object-prompt aids
+        if cfg.point_prompts or (language and cfg.object_prompts):
+            frame0 = sam.encode_frame(sam.preprocess(sample.frames[:1]).to(zero.device))
+        points = self._point_prompt_losses(sample, frame0) if cfg.point_prompts else zero
+        losses = dict.fromkeys(("ce", "bce", "dice", "object_score", "iou", "align", "objects"), zero)
+        losses["points"] = points
         if not language:
-            points = self._point_prompt_losses(sample)
-            zero = points.new_zeros(())
-            return {"ce": zero, "bce": zero, "dice": zero, "object_score": zero, "iou": zero, "align": zero,
-                    "points": points, "total": points}
-        images = [to_pil(frame) for frame in sample.frames]
-        if len(images) == 1:
-            prompt = model._internvl_prompt_embeds(sample.prompt, images[0], None)
-        else:
-            prompt = model._internvl_prompt_embeds(sample.prompt, None, images[: model.config.max_llm_frames])
-        answer_ids = model.tokenizer.encode(sample.answer + self.answer_suffix, add_special_tokens=False)
-        answer = torch.tensor(answer_ids, device=prompt.device)  # [A]
-        embeds = torch.cat([prompt, model.mllm.get_input_embeddings()(answer)[None]], dim=1)  # [1, L + A, D]
-        hidden = model.mllm.model.language_model(inputs_embeds=embeds).last_hidden_state[0]  # [L + A, D]
-        start = prompt.size(1)
-        logits = model.mllm.lm_head(hidden[start - 1 : start - 1 + answer.numel()])  # predicts each answer token
-        losses = {"ce": F.cross_entropy(logits.float(), answer)}
-        seg_hidden = hidden[start:][answer == model.seg_token_id]  # [SEG] fed as input -> [N, D]
+            losses["total"] = points
+            return losses
+        losses["ce"], seg_hidden = self._answer_pass(sample.prompt, sample.frames, sample.answer)
         if seg_hidden.size(0) != len(sample.masks):
             raise ValueError(f"answer has {seg_hidden.size(0)} [SEG] but the sample has {len(sample.masks)} masks")
-        zero = hidden.new_zeros(())
-        losses.update(bce=zero, dice=zero, object_score=zero, iou=zero, align=zero)
         if seg_hidden.size(0):
             losses.update(self._mask_losses(sample, model.text_hidden_fcs(seg_hidden)))
-        losses["points"] = self._point_prompt_losses(sample) if cfg.point_prompts else zero
+        if cfg.object_prompts:
+            losses["objects"] = self._object_prompt_losses(sample, frame0)
         losses["total"] = (
             cfg.ce_weight * losses["ce"]
             + cfg.bce_weight * losses["bce"]
             + cfg.dice_weight * losses["dice"]
             + cfg.object_score_weight * (losses["object_score"] + losses["iou"])
-            + cfg.point_prompt_weight * losses["points"]
+            + cfg.point_prompt_weight * points
             + cfg.align_weight * losses["align"]
+            + cfg.object_prompt_weight * losses["objects"]
         )
         return losses
 
-    def _point_prompt_losses(self, sample: TrainSample) -> torch.Tensor:
+    def _answer_pass(self, prompt_text: str, frames: list[np.ndarray], answer_text: str
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced LLM pass: next-token CE of the answer and the hidden states of its ``[SEG]`` tokens
+        (fed as input, as the official model reads them) ``[N, D]``."""
+        model = self.model
+        images = [to_pil(frame) for frame in frames]
+        if len(images) == 1:
+            prompt = model._internvl_prompt_embeds(prompt_text, images[0], None)
+        else:
+            prompt = model._internvl_prompt_embeds(prompt_text, None, images[: model.config.max_llm_frames])
+        answer_ids = model.tokenizer.encode(answer_text + self.answer_suffix, add_special_tokens=False)
+        answer = torch.tensor(answer_ids, device=prompt.device)  # [A]
+        embeds = torch.cat([prompt, model.mllm.get_input_embeddings()(answer)[None]], dim=1)  # [1, L + A, D]
+        hidden = model.mllm.model.language_model(inputs_embeds=embeds).last_hidden_state[0]  # [L + A, D]
+        start = prompt.size(1)
+        logits = model.mllm.lm_head(hidden[start - 1 : start - 1 + answer.numel()])  # predicts each answer token
+        return F.cross_entropy(logits.float(), answer), hidden[start:][answer == model.seg_token_id]
+
+    def _point_prompt_losses(self, sample: TrainSample, frame0: tuple) -> torch.Tensor:
         """SAM-2 prompted by one random point inside each of up to ``point_prompts`` visible objects of frame 0:
         mask loss on the best of the multimask candidates (as SAM trains), IoU head and object score."""
         sam, cfg = self.model.grounding_encoder, self.config
@@ -113,16 +130,44 @@ class Sa2VAObjective(nn.Module):
             "point_coords": torch.tensor(coords, dtype=torch.float32, device=device)[:, None],  # [K, 1, 2]
             "point_labels": torch.ones(len(chosen), 1, dtype=torch.int32, device=device),  # [K, 1]
         }
-        feats, pos, sizes = sam.encode_frame(sam.preprocess(sample.frames[:1]).to(device))
-        out = sam.decode_point_prompts(feats, pos, sizes, points)
+        out = sam.decode_point_prompts(*frame0, points)
+        return self._prompted_mask_loss(out, sample.labels, chosen)
+
+    def _object_prompt_losses(self, sample: TrainSample, frame0: tuple) -> torch.Tensor:
+        """From-scratch aid: one multi-target phrase naming up to ``object_prompts`` visible objects of frame 0 that
+        colour + class identify ("Please segment the red ball and the blue mug"): its CE, and each ``[SEG]``'s
+        mask (+ alignment) on the shared frame-0 encoding — every object of the scene becomes a target, and the
+        others in the same image its negatives."""
+        model, cfg = self.model, self.config
+        counts = Counter(sample.names)
+        visible, pixels = np.unique(sample.labels, return_counts=True)
+        candidates = [int(i) for i, n in zip(visible, pixels, strict=True)
+                      if i > 0 and n >= MIN_OBJECT_PIXELS and counts[sample.names[i - 1]] == 1]
+        if not candidates or not sample.names:
+            return torch.zeros((), device=frame0[0][0].device)
+        chosen = [candidates[j] for j in torch.randperm(len(candidates))[: cfg.object_prompts].tolist()]
+        phrases = [f"the {colour} {cls}" for colour, cls in (sample.names[i - 1] for i in chosen)]
+        prompt = f"<image>\nPlease segment {join_phrases(phrases)} in this image."
+        ce, seg_hidden = self._answer_pass(prompt, sample.frames[:1], segmentation_answer(phrases, bare=False))
+        embeddings = model.text_hidden_fcs(seg_hidden)  # [K, C]
+        out = model.grounding_encoder.decode_conditioning_frame(*frame0, embeddings[:, None])
+        loss = ce + self._prompted_mask_loss(out, sample.labels, chosen)
+        if cfg.align_weight:
+            masks = torch.from_numpy(np.stack([sample.labels == i for i in chosen])).float()[:, None]
+            loss = loss + cfg.align_weight * self._alignment_loss(out["pix_feat"], embeddings, masks.to(ce.device))
+        return loss
+
+    def _prompted_mask_loss(self, out: dict[str, torch.Tensor], labels: np.ndarray, ids) -> torch.Tensor:
+        """Best-candidate BCE + Dice, IoU head and object score of prompted frame-0 masks of objects ``ids``."""
+        cfg = self.config
         multi = out["multimask_logits"].float()  # [K, M, h, w]
-        target = torch.from_numpy(np.stack([sample.labels == i for i in chosen])).float()[:, None].to(device)
+        target = torch.from_numpy(np.stack([labels == i for i in ids])).float()[:, None].to(multi.device)
         target = F.interpolate(target, size=multi.shape[-2:], mode="area")[:, 0]  # [K, h, w]
         bce, dice = best_candidate_losses(multi, target, cfg.bce_weight, cfg.dice_weight)  # [K] each
         mask_loss = (cfg.bce_weight * bce + cfg.dice_weight * dice).mean()
         iou = F.mse_loss(out["iou_predictions"].float(), soft_iou(multi.detach(), target))
         score = F.binary_cross_entropy_with_logits(
-            out["object_score_logits"].float()[:, 0], torch.ones(len(chosen), device=device)
+            out["object_score_logits"].float()[:, 0], torch.ones(len(ids), device=multi.device)
         )
         return mask_loss + cfg.object_score_weight * (iou + score)
 
