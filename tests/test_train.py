@@ -66,7 +66,8 @@ def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):
     objective = Sa2VAObjective(model, config).train()
     sample = synthetic_sample(3, 0, {"video": 1.0}, (48, 64), 2)
     losses = objective(sample)
-    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "objects", "points", "total"}
+    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "objects", "points", "semantic",
+                           "total"}
     assert losses["points"].item() == 0.0  # point prompts are off unless configured
     assert losses["align"].item() == 0.0  # so is the alignment loss
     assert all(torch.isfinite(v) for v in losses.values())
@@ -164,6 +165,42 @@ def test_object_prompts_name_every_identifiable_object(tmp_path, monkeypatch):
     assert objective(twins)["objects"].item() == 0.0
 
 
+def test_semantic_prototypes_read_colour_and_class_off_sam_features_and_seg(tmp_path):
+    config = _config(tmp_path, semantic_weight=1.0, object_prompts=2, point_prompts=1)
+    model = build_model(config)
+    objective = Sa2VAObjective(model, config)
+    semantic = objective.semantic
+    channels = semantic.colour.size(1)
+    with torch.no_grad():  # orthogonal prototypes: background = e0, colour k = e(1 + k), class k = e(20 + k)
+        semantic.colour.copy_(torch.eye(channels)[: semantic.colour.size(0)])
+        semantic.cls.copy_(torch.eye(channels)[[0, *range(20, 20 + semantic.cls.size(0) - 1)]])
+    sample = synthetic_sample(1, 0, {"image": 1.0}, (48, 64), 2)
+    table_only = type(sample)(sample.frames, sample.prompt, sample.answer, sample.masks, sample.kind,
+                              sample.labels * 0, sample.names)
+    h = w = model.grounding_encoder.image_size // 16
+
+    def map_loss(vector: torch.Tensor, which=table_only) -> float:
+        feats = [vector.expand(h * w, 1, channels)]
+        return objective._semantic_map_loss(which, (feats, None, [(h, w)])).item()
+
+    # every cell is table; features = the background prototype: -log(e^10 / (e^10 + 8)) - log(e^10 / (e^10 + 7))
+    expected = -torch.log(torch.tensor(1 / (1 + 8 * torch.exp(torch.tensor(-10.0)))))
+    expected -= torch.log(torch.tensor(1 / (1 + 7 * torch.exp(torch.tensor(-10.0)))))
+    assert map_loss(torch.eye(channels)[0]) == pytest.approx(expected.item(), rel=1e-3)
+    assert map_loss(torch.eye(channels)[3]) > 10  # "a colour" where there is only table
+
+    losses = objective.train()(sample)
+    assert losses["semantic"].item() > 0
+    model.zero_grad()
+    losses["semantic"].backward()  # the map loss trains SAM-2's image encoder and the prototypes
+    assert model.grounding_encoder.image_encoder.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert semantic.colour.grad.abs().sum() > 0
+    warm_up = objective(sample, language=False)
+    torch.testing.assert_close(warm_up["total"], warm_up["points"] + warm_up["semantic"])
+    # training-only: the model (what is saved) has no such weights
+    assert not any(p is semantic.colour or p is semantic.cls for p in model.parameters())
+
+
 def test_kind_weights_steer_the_training_mix(tmp_path):
     only_absent = {kind: 0.0 for kind in IMAGE_KIND_WEIGHTS} | {"absent": 1.0}
     for index in range(3):
@@ -210,8 +247,10 @@ def test_loss_decreases_on_a_repeated_sample(tmp_path):
     assert float(objective(sample)["total"]) < 0.7 * first
 
 
-def test_resume_is_exact(tmp_path):
-    config = _config(tmp_path)
+@pytest.mark.parametrize("aids", [{}, {"object_prompts": 2, "semantic_weight": 1.0, "align_weight": 1.0}],
+                         ids=["recipe", "from-scratch-aids"])
+def test_resume_is_exact(tmp_path, aids):
+    config = _config(tmp_path, **aids)
     final = train(config)
     log = [json.loads(line) for line in (tmp_path / "run" / "loss_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]

@@ -65,6 +65,9 @@ class TrainConfig:
     # and class identify, each with its mask (+ alignment), weighted by ``object_prompt_weight``.
     object_prompts: int = 0
     object_prompt_weight: float = 1.0
+    # From-scratch aid: training-only colour/class prototypes shared by SAM-2's image embedding (per location) and
+    # the object prompts' [SEG] vectors (see ``SemanticPrototypes``); 0 turns it off.
+    semantic_weight: float = 0.0
     # Expression-kind weights of the synthetic world overriding its defaults (e.g. more absent targets).
     kind_weights: dict[str, float] = field(default_factory=dict)
     # What trains: "full" (tiny models from scratch) or "official" (freeze encoders + LLM base, LoRA on the LLM,
@@ -93,6 +96,8 @@ class TrainConfig:
             problems.append("sam_warmup_steps needs point_prompts > 0")
         if self.sam_warmup_steps >= self.steps:
             problems.append("sam_warmup_steps must be smaller than steps")
+        if self.semantic_weight < 0:
+            problems.append("semantic_weight must be >= 0")
         if self.align_weight < 0 or self.align_temperature <= 0:
             problems.append("align_weight must be >= 0 and align_temperature > 0")
         if unknown := set(self.kind_weights) - set(EXPRESSION_KINDS):

@@ -12,6 +12,7 @@ from torch import nn
 from sa2va_ros.model import Sa2VA
 from sa2va_ros.model.preprocess import to_pil
 from sa2va_ros.synthetic.language import join_phrases, segmentation_answer
+from sa2va_ros.synthetic.vocabulary import CLASSES, COLOURS
 
 from .config import TrainConfig
 from .data import TrainSample
@@ -48,6 +49,25 @@ def soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+class SemanticPrototypes(nn.Module):
+    """Training-only from-scratch aid, never saved with the model: one prototype per colour and per class (index 0:
+    background) shared by SAM-2's image embedding (per location) and the projected ``[SEG]`` vectors, read out as
+    ``temperature x cosine``. It gives SAM-2's features colour and class, and ``[SEG]`` the phrase, so the two can
+    meet; without it both start from a constant ``[SEG]`` that only ever asks for "an object"."""
+
+    def __init__(self, channels: int, temperature: float) -> None:
+        super().__init__()
+        self.colour = nn.Parameter(torch.randn(len(COLOURS) + 1, channels) / channels**0.5)
+        self.cls = nn.Parameter(torch.randn(len(CLASSES) + 1, channels) / channels**0.5)
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[..., C]`` -> colour logits ``[..., 1 + colours]``, class logits ``[..., 1 + classes]``."""
+        x = F.normalize(x.float(), dim=-1)
+        return (self.temperature * x @ F.normalize(self.colour, dim=-1).T,
+                self.temperature * x @ F.normalize(self.cls, dim=-1).T)
+
+
 class Sa2VAObjective(nn.Module):
     """Wraps a Sa2VA model so one ``forward(sample)`` returns its losses (what DDP/accelerate wrap)."""
 
@@ -59,20 +79,23 @@ class Sa2VAObjective(nn.Module):
         self.config = config
         stop = model.template.stop_words[0] if model.template.stop_words else model.tokenizer.eos_token
         self.answer_suffix = stop
+        channels = model.text_hidden_fcs[-2].out_features
+        self.semantic = SemanticPrototypes(channels, config.align_temperature) if config.semantic_weight else None
 
     def forward(self, sample: TrainSample, language: bool = True) -> dict[str, torch.Tensor]:
         """The losses of one sample; ``language=False`` is the SAM-2 warm-up (point prompts only, no LLM)."""
         model, cfg = self.model, self.config
         sam = model.grounding_encoder
         zero = torch.zeros((), device=next(sam.parameters()).device)
-        frame0 = None  # frame 0 encoded once for the point- and object-prompt aids
-        if cfg.point_prompts or (language and cfg.object_prompts):
+        frame0 = None  # frame 0 encoded once for the point- and object-prompt aids and the semantic map
+        if cfg.point_prompts or cfg.semantic_weight or (language and cfg.object_prompts):
             frame0 = sam.encode_frame(sam.preprocess(sample.frames[:1]).to(zero.device))
         points = self._point_prompt_losses(sample, frame0) if cfg.point_prompts else zero
         losses = dict.fromkeys(("ce", "bce", "dice", "object_score", "iou", "align", "objects"), zero)
         losses["points"] = points
+        losses["semantic"] = self._semantic_map_loss(sample, frame0) if cfg.semantic_weight else zero
         if not language:
-            losses["total"] = points
+            losses["total"] = points + cfg.semantic_weight * losses["semantic"] if cfg.semantic_weight else points
             return losses
         losses["ce"], seg_hidden = self._answer_pass(sample.prompt, sample.frames, sample.answer)
         if seg_hidden.size(0) != len(sample.masks):
@@ -89,6 +112,7 @@ class Sa2VAObjective(nn.Module):
             + cfg.point_prompt_weight * points
             + cfg.align_weight * losses["align"]
             + cfg.object_prompt_weight * losses["objects"]
+            + cfg.semantic_weight * losses["semantic"]
         )
         return losses
 
@@ -152,10 +176,36 @@ class Sa2VAObjective(nn.Module):
         embeddings = model.text_hidden_fcs(seg_hidden)  # [K, C]
         out = model.grounding_encoder.decode_conditioning_frame(*frame0, embeddings[:, None])
         loss = ce + self._prompted_mask_loss(out, sample.labels, chosen)
+        if self.semantic is not None:  # each [SEG] reads out its object's colour and class
+            colour_logits, class_logits = self.semantic(embeddings)  # [K, 1 + colours], [K, 1 + classes]
+            names = [sample.names[i - 1] for i in chosen]
+            colour_ids = torch.tensor([1 + list(COLOURS).index(c) for c, _ in names], device=ce.device)
+            class_ids = torch.tensor([1 + CLASSES.index(k) for _, k in names], device=ce.device)
+            loss = loss + cfg.semantic_weight * (F.cross_entropy(colour_logits, colour_ids)
+                                                 + F.cross_entropy(class_logits, class_ids))
         if cfg.align_weight:
             masks = torch.from_numpy(np.stack([sample.labels == i for i in chosen])).float()[:, None]
             loss = loss + cfg.align_weight * self._alignment_loss(out["pix_feat"], embeddings, masks.to(ce.device))
         return loss
+
+    def _semantic_map_loss(self, sample: TrainSample, frame0: tuple) -> torch.Tensor:
+        """Soft cross-entropy of SAM-2's frame-0 image embedding, per location, against the share of each colour and
+        class (background included) in that cell of the instance label map."""
+        feats, _, sizes = frame0
+        height, width = sizes[-1]
+        features = feats[-1][:, 0]  # [h*w, C]
+        colour_of = np.zeros(len(sample.names) + 1, dtype=np.int64)  # label -> prototype index, 0 = background
+        class_of = np.zeros(len(sample.names) + 1, dtype=np.int64)
+        for i, (colour, cls) in enumerate(sample.names, start=1):
+            colour_of[i], class_of[i] = 1 + list(COLOURS).index(colour), 1 + CLASSES.index(cls)
+        labels = torch.from_numpy(sample.labels.astype(np.int64)).to(features.device)
+        losses = []
+        for lookup, logits in zip((colour_of, class_of), self.semantic(features), strict=True):
+            ids = torch.from_numpy(lookup).to(features.device)[labels]  # [H, W]
+            onehot = F.one_hot(ids, logits.size(-1)).permute(2, 0, 1)[None].float()  # [1, P, H, W]
+            share = F.interpolate(onehot, size=(height, width), mode="area")[0].flatten(1).T  # [h*w, P]
+            losses.append(-(share * F.log_softmax(logits, dim=-1)).sum(-1).mean())
+        return sum(losses)
 
     def _prompted_mask_loss(self, out: dict[str, torch.Tensor], labels: np.ndarray, ids) -> torch.Tensor:
         """Best-candidate BCE + Dice, IoU head and object score of prompted frame-0 masks of objects ``ids``."""
