@@ -255,6 +255,22 @@ def test_console_script_entry_point_and_refusal_to_overwrite(checkpoints, capsys
     assert (project / "model.safetensors").read_bytes() == before
 
 
+def test_dtype_resave_of_a_project_checkpoint(checkpoints, tmp_path, capsys):
+    _, _, _, project = checkpoints("internvl-qwen2")
+    half = tmp_path / "bf16"
+    assert convert_main([str(project), str(half), "--dtype", "bfloat16"]) == 0
+    stored = load_file(str(half / "model.safetensors"))
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.bfloat16}
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (project / "model.safetensors").stat().st_size
+    reference = Sa2VA.from_pretrained(project).state_dict()
+    reloaded = Sa2VA.from_pretrained(half).state_dict()  # fp32 on the CPU again
+    for key, value in reference.items():
+        assert reloaded[key].dtype == value.dtype
+        torch.testing.assert_close(reloaded[key], value.to(torch.bfloat16).to(value.dtype))
+    assert convert_main([str(project), str(half), "--dtype", "bfloat16"]) == 1
+    assert "already holds a checkpoint" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- key names
 VIT_LAYER0 = {
     f"vision_model.encoder.layers.0.{name}"
