@@ -15,6 +15,7 @@ os.environ["ROS_DOMAIN_ID"] = str(ROS_DOMAIN_ID)
 os.environ["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
 
 import array  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -55,6 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 SIZE = (64, 80)  # H, W
 WAIT_S = 60.0  # every wait fails after this instead of hanging (generous: CI machines can be busy)
 FRAME_ID = "camera_color_optical_frame"
+BUNDLED_CLIP_SEEDS = (0, 1)  # held-out clips for the bundled model's end-to-end check
 KEEP_TRACKING = [Parameter("lost_score_threshold", value=-1e6), Parameter("reground_lost", value=False)]
 
 
@@ -534,15 +536,13 @@ def test_valid_parameters_map_onto_the_pipeline_and_tracker() -> None:
 # ---------------------------------------------------------------- separate process
 
 
-def test_the_node_as_a_separate_process_serves_answers_and_follows_lifecycle_requests(
-    harness_factory: Callable, ros_context: Context, scripted: ScriptedModel, clip: list[np.ndarray],
-    tmp_path: Path,
-) -> None:
-    scripted.model.save_pretrained(tmp_path / "tiny")
+@contextlib.contextmanager
+def node_process(namespace: str, *ros_args: str) -> Iterator[subprocess.Popen]:
+    """``python -m sa2va_ros.node`` with the package's parameter file (+ ``ros_args``) in ``namespace``; stopped
+    (killed if it must be) on exit, after which its output must name the model and hold no traceback."""
     process = subprocess.Popen(
         [sys.executable, "-m", "sa2va_ros.node", "--ros-args", "--params-file", str(REPO / "config" / "sa2va.yaml"),
-         "-p", f"model_path:={tmp_path / 'tiny'}", "-p", "device:=cpu", "-p", "torch_threads:=1",
-         "-p", "max_new_tokens:=6", "-r", "__ns:=/process", "-r", "image:=camera/image"],
+         "-p", "device:=cpu", "-p", "torch_threads:=1", "-r", f"__ns:={namespace}", *ros_args],
         # other test modules set ROS_DOMAIN_ID at import too: give the child this module's domain explicitly
         env={**os.environ, "PYTHONPATH": str(REPO), "ROS_DOMAIN_ID": str(ROS_DOMAIN_ID),
              "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"},
@@ -551,6 +551,21 @@ def test_the_node_as_a_separate_process_serves_answers_and_follows_lifecycle_req
         text=True,
     )
     try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.communicate(timeout=WAIT_S)[0]
+    assert "model loaded from" in output and "Traceback" not in output, output
+
+
+def test_the_node_as_a_separate_process_serves_answers_and_follows_lifecycle_requests(
+    harness_factory: Callable, ros_context: Context, scripted: ScriptedModel, clip: list[np.ndarray],
+    tmp_path: Path,
+) -> None:
+    scripted.model.save_pretrained(tmp_path / "tiny")
+    with node_process("/process", "-p", f"model_path:={tmp_path / 'tiny'}", "-p", "max_new_tokens:=6",
+                      "-r", "image:=camera/image") as process:
         harness = harness_factory("/process")
         camera = harness.node.create_publisher(Image, "camera/image", qos_profile_from_preset("sensor_data"))
         harness.image_pub = camera  # the node reads /process/camera/image through its remapping
@@ -568,11 +583,31 @@ def test_the_node_as_a_separate_process_serves_answers_and_follows_lifecycle_req
         wait_until(lambda: camera.get_subscription_count() == 0, "the image subscription to close")
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=WAIT_S) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        output = process.communicate(timeout=WAIT_S)[0]
-    assert "model loaded from" in output and "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("seed", BUNDLED_CLIP_SEEDS)
+def test_the_bundled_model_finds_and_tracks_the_blue_mug_through_a_node_process(
+    harness_factory: Callable, seed: int
+) -> None:
+    """The default configuration (``model_path: ""``: the bundled model), a held-out clip and its command: the
+    answer carries a [SEG], and the masks that follow overlap the mug's ground truth with IoU >= 0.8."""
+    video = sample_referring_video(seed, "test", 12, (240, 320), kind="command", target=("blue", "mug"))
+    with node_process(f"/bundled{seed}") as process:
+        harness = harness_factory(f"/bundled{seed}")
+        harness.frame(raw_image(video.frames[0], header(0)), timeout=120)
+        harness.command(video.prompt)
+        answer = wait_until(lambda: harness.answers(), "the answer")[0]
+        assert "[SEG]" in answer, (video.prompt, answer)
+        ious = []
+        for t in range(1, len(video.frames)):
+            mask, payload = harness.frame(raw_image(video.frames[t], header(t)))
+            if payload["targets"]:
+                predicted, truth = labels_of(mask) == payload["targets"][0]["id"], video.masks[t]
+                ious.append((predicted & truth).sum() / max((predicted | truth).sum(), 1))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=WAIT_S) == 0
+    assert len(ious) >= len(video.frames) // 2, "the mask came too late"
+    assert np.mean(ious) >= 0.8, (video.prompt, answer, np.round(ious, 3))
 
 
 def call(client: Any, request: Any) -> Any:
