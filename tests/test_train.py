@@ -163,6 +163,8 @@ def test_object_prompts_name_every_identifiable_object(tmp_path, monkeypatch):
     twins = type(sample)(sample.frames, sample.prompt, sample.answer, sample.masks, sample.kind, sample.labels,
                          (("red", "ball"),) * len(sample.names))  # colour + class identify none of them
     assert objective(twins)["objects"].item() == 0.0
+    unnamed = type(sample)(sample.frames, sample.prompt, sample.answer, sample.masks, sample.kind, sample.labels)
+    assert objective(unnamed)["objects"].item() == 0.0  # samples without object names: nothing to prompt
 
 
 def test_semantic_prototypes_read_colour_and_class_off_sam_features_and_seg(tmp_path):

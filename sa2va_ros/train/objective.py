@@ -166,8 +166,8 @@ class Sa2VAObjective(nn.Module):
         counts = Counter(sample.names)
         visible, pixels = np.unique(sample.labels, return_counts=True)
         candidates = [int(i) for i, n in zip(visible, pixels, strict=True)
-                      if i > 0 and n >= MIN_OBJECT_PIXELS and counts[sample.names[i - 1]] == 1]
-        if not candidates or not sample.names:
+                      if 0 < i <= len(sample.names) and n >= MIN_OBJECT_PIXELS and counts[sample.names[i - 1]] == 1]
+        if not candidates:
             return torch.zeros((), device=frame0[0][0].device)
         chosen = [candidates[j] for j in torch.randperm(len(candidates))[: cfg.object_prompts].tolist()]
         phrases = [f"the {colour} {cls}" for colour, cls in (sample.names[i - 1] for i in chosen)]
