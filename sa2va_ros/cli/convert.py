@@ -7,7 +7,6 @@ import argparse
 import re
 import sys
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -24,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", help="official checkpoint directory (config.json with model_type sa2va_chat)")
     parser.add_argument("dst", help="output directory for the project-format checkpoint (must not hold one)")
     parser.add_argument("--max-shard-size", type=parse_size, default=None, help="shard weights above this size")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="store the weights at this precision (src may then also be a project checkpoint)")
     args = parser.parse_args(argv)
 
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{args.dst} already holds a checkpoint; choose an empty directory")
             import torch
 
-            model = Sa2VA.from_pretrained(args.src, dtype=getattr(torch, _DTYPES[args.dtype]))
+            model = Sa2VA.from_pretrained(args.src, dtype=getattr(torch, args.dtype))
             model.save_pretrained(args.dst, max_shard_bytes=args.max_shard_size)
             config = model.config
     except (CheckpointError, ValueError) as exc:
