@@ -20,6 +20,13 @@ from .data import TrainSample
 MIN_OBJECT_PIXELS = 64  # object prompts skip slivers (an object almost hidden by another)
 
 
+def prototype_indices(names: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(colour, class) pairs -> their colour and class prototype indices (0 is the background prototype)."""
+    colours = list(COLOURS)
+    return (np.array([1 + colours.index(colour) for colour, _ in names], dtype=np.int64),
+            np.array([1 + CLASSES.index(cls) for _, cls in names], dtype=np.int64))
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Per-mask soft Dice loss, ``[N, h, w]`` logits vs ``[N, h, w]`` targets in [0, 1] -> ``[N]``."""
     prob = logits.sigmoid().flatten(1)
@@ -178,11 +185,11 @@ class Sa2VAObjective(nn.Module):
         loss = ce + self._prompted_mask_loss(out, sample.labels, chosen)
         if self.semantic is not None:  # each [SEG] reads out its object's colour and class
             colour_logits, class_logits = self.semantic(embeddings)  # [K, 1 + colours], [K, 1 + classes]
-            names = [sample.names[i - 1] for i in chosen]
-            colour_ids = torch.tensor([1 + list(COLOURS).index(c) for c, _ in names], device=ce.device)
-            class_ids = torch.tensor([1 + CLASSES.index(k) for _, k in names], device=ce.device)
-            loss = loss + cfg.semantic_weight * (F.cross_entropy(colour_logits, colour_ids)
-                                                 + F.cross_entropy(class_logits, class_ids))
+            colour_ids, class_ids = prototype_indices([sample.names[i - 1] for i in chosen])
+            loss = loss + cfg.semantic_weight * (
+                F.cross_entropy(colour_logits, torch.from_numpy(colour_ids).to(ce.device))
+                + F.cross_entropy(class_logits, torch.from_numpy(class_ids).to(ce.device))
+            )
         if cfg.align_weight:
             masks = torch.from_numpy(np.stack([sample.labels == i for i in chosen])).float()[:, None]
             loss = loss + cfg.align_weight * self._alignment_loss(out["pix_feat"], embeddings, masks.to(ce.device))
@@ -194,10 +201,8 @@ class Sa2VAObjective(nn.Module):
         feats, _, sizes = frame0
         height, width = sizes[-1]
         features = feats[-1][:, 0]  # [h*w, C]
-        colour_of = np.zeros(len(sample.names) + 1, dtype=np.int64)  # label -> prototype index, 0 = background
-        class_of = np.zeros(len(sample.names) + 1, dtype=np.int64)
-        for i, (colour, cls) in enumerate(sample.names, start=1):
-            colour_of[i], class_of[i] = 1 + list(COLOURS).index(colour), 1 + CLASSES.index(cls)
+        # label -> prototype index; label 0 (the table) -> 0, the background prototype
+        colour_of, class_of = (np.concatenate([[0], ids]) for ids in prototype_indices(sample.names))
         labels = torch.from_numpy(sample.labels.astype(np.int64)).to(features.device)
         losses = []
         for lookup, logits in zip((colour_of, class_of), self.semantic(features), strict=True):
