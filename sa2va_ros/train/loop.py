@@ -7,10 +7,12 @@ import copy
 import json
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -49,7 +51,12 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
-    accelerator = Accelerator()
+    # Without a GPU accelerate must be told, or it takes torchrun's processes for independent single runs. A sample
+    # leaves parts unused (the LLM in SAM-2's warm-up, the memory path on images): DDP must look for them.
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if config.ddp_backend:
+        handlers.append(InitProcessGroupKwargs(backend=config.ddp_backend))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
     start_step = 0
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if checkpoint is not None:
@@ -93,9 +100,11 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     started = time.monotonic()
     for step in progress:
         totals: dict[str, float] = {}
-        for _ in range(config.batch_size):
-            losses = objective(next(samples), language=step >= config.sam_warmup_steps)
-            accelerator.backward(losses["total"] / config.batch_size)
+        for index in range(config.batch_size):  # gradients accumulate locally; ranks average on the last sample
+            last = index == config.batch_size - 1
+            with nullcontext() if last else accelerator.no_sync(objective):
+                losses = objective(next(samples), language=step >= config.sam_warmup_steps)
+                accelerator.backward(losses["total"] / config.batch_size)
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + value.item() / config.batch_size
         accelerator.clip_grad_norm_(trainable, config.grad_clip)
