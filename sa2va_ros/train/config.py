@@ -78,9 +78,6 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     threads: int | None = None
-    # Data-parallel backend under torchrun / accelerate launch; None is accelerate's choice (NCCL on GPUs). "gloo"
-    # lets several processes share one GPU, which a tiny model's launch-bound steps need to fill it.
-    ddp_backend: str | None = None
 
     def validate(self) -> None:
         problems = []
@@ -109,8 +106,6 @@ class TrainConfig:
             problems.append("kind_weights must be >= 0")
         if self.video_frames < 2 and self.mix.get("video", 0) > 0:
             problems.append("video_frames must be >= 2 when videos are mixed in")
-        if self.ddp_backend not in (None, "nccl", "gloo"):
-            problems.append(f"ddp_backend must be 'nccl', 'gloo' or unset, got {self.ddp_backend!r}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 

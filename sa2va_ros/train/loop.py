@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+from accelerate.utils import DistributedDataParallelKwargs
 from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -53,10 +53,10 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     output_dir = Path(config.output_dir)
     # Without a GPU accelerate must be told, or it takes torchrun's processes for independent single runs. A sample
     # leaves parts unused (the LLM in SAM-2's warm-up, the memory path on images): DDP must look for them.
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    if config.ddp_backend:
-        handlers.append(InitProcessGroupKwargs(backend=config.ddp_backend))
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     start_step = 0
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if checkpoint is not None:
@@ -80,7 +80,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    # The scheduler stays ours: accelerate's wrapper would advance it once per rank at every optimiser step.
+    objective, optimizer = accelerator.prepare(objective, optimizer)
     samples = sample_stream(
         start_step * config.batch_size,
         config.seed,
