@@ -8,7 +8,8 @@ as SAM-2's own video examples do, and every timing synchronises the GPU):
   3. RSS growth over a long stream (tiny config);
   4. catch-up cost: add_target(at=now-k) for k buffered frames;
   5. torch ops the tracker dispatches per step outside the four SAM-2 parts, 1 vs N targets (each is at least one
-     kernel launch on a GPU: host-side work that batching does not hide). Deterministic, so any machine will do.
+     kernel launch on a GPU: host-side work that batching does not hide). Deterministic, so any machine will do;
+  6. a torch.profiler view of 1 vs N targets: time per SAM-2 part and the costliest ops (device time on CUDA).
 
 Commands used for bench/RESULTS_tracking.md:
   .venv/bin/python bench/bench_tracking.py --config tiny --frames 60 --multi-frames 30 --rss-frames 5000 --threads 1
@@ -259,6 +260,37 @@ def host_ops(model, frames, masks, num_targets: int) -> None:
         print(f"  {count:2d} target(s): {counter.ops / 10:6.0f} ops per step")
 
 
+SAM2_PARTS = ("encode_image", "attend_memory", "encode_memory", "decode_masks")
+
+
+def part_profile(model, frames, masks, num_targets: int) -> None:
+    """torch.profiler over steps 20..24: time per SAM-2 part and the costliest ops, 1 vs N targets."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    cuda = model.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    print("\n[6] profile, mean per step over frames 20..24 (device time on CUDA, else CPU time)")
+    for count in sorted({1, num_targets}):
+        tracker = StreamingTracker(model)
+        for i in range(count):
+            tracker.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
+        for frame in frames[1:20]:
+            tracker.step(frame)
+        for name in SAM2_PARTS:
+            setattr(tracker.parts, name, record_function(name)(getattr(tracker.parts, name)))
+        synchronize()
+        with profile(activities=activities) as prof:
+            for frame in frames[20:25]:
+                tracker.step(frame)
+            synchronize()
+        events = prof.key_averages()
+        by_name = {event.key: event for event in events}
+        total = "device_time_total" if cuda else "cpu_time_total"
+        parts = ", ".join(f"{name} {getattr(by_name[name], total) / 5e3:.2f} ms" for name in SAM2_PARTS)
+        print(f"  {count} target(s): {parts}")
+        print(events.table(sort_by=f"self_{total}", row_limit=12, max_name_column_width=60))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="tiny", help="tiny, or a bundled variant such as sam2.1_hiera_t")
@@ -270,7 +302,9 @@ def main() -> None:
     parser.add_argument("--catch-up", default="1,4,8", help="k values for [4]; empty to skip")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--sections", default="1,2,3,4", help="which measurements to run (5: host ops, opt-in)")
+    parser.add_argument(
+        "--sections", default="1,2,3,4", help="which measurements to run (5: host ops, 6: profile; opt-in)"
+    )
     parser.add_argument(
         "--pointer-encodings",
         action="store_true",
@@ -311,7 +345,7 @@ def main() -> None:
         folder = Path(tmp) / "per_frame"
         folder.mkdir()
         frames, masks = write_clip(
-            folder, max(args.frames, 30 if 5 in sections else 0), model.image_size, max(2, args.targets)
+            folder, max(args.frames, 30 if sections & {5, 6} else 0), model.image_size, max(2, args.targets)
         )
         if 1 in sections:
             per_frame_cost(predictor, model, folder, frames, masks, steady_from=model.max_obj_ptrs_in_encoder)
@@ -328,6 +362,8 @@ def main() -> None:
         catch_up_cost(model, frames, masks, [int(k) for k in args.catch_up.split(",")])
     if 5 in sections:
         host_ops(model, frames, masks, args.targets)
+    if 6 in sections:
+        part_profile(model, frames, masks, args.targets)
 
 
 if __name__ == "__main__":
