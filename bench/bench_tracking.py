@@ -124,51 +124,89 @@ def predictor_steps(predictor, folder: Path, masks: list) -> Iterator[object]:
         yield out
 
 
+def tracker_variants(model) -> dict[str, TrackerConfig]:
+    """The tracker as shipped, and on CUDA also with its image encoder eager (no CUDA graph), for comparison."""
+    variants = {"StreamingTracker": TrackerConfig()}
+    if model.device.type == "cuda":
+        variants["  encoder eager"] = TrackerConfig(cuda_graphs=False)
+    return variants
+
+
+def passes(model) -> int:
+    """Passes over the clip, the last one kept. On CUDA an untimed one first: cuDNN / cuBLAS plans are made per
+    new shape (the memory grows for 16 frames), and whichever side met a shape first would pay for both."""
+    return 2 if model.device.type == "cuda" else 1
+
+
 def per_frame_cost(predictor, model, folder, frames, masks, steady_from: int) -> None:
     """1 target: tracker.step vs one predictor propagation step, interleaved frame by frame."""
-    tracker = StreamingTracker(model)
-    tracker.add_target(1, frames[0], mask=masks[0])
-    reference = predictor_steps(predictor, folder, masks[:1])
-    next(reference)  # frame 0: the prompted frame (memory encoding of the prompt)
-    ours, theirs = [], []
-    for frame in frames[1:]:
-        theirs.append(timed(lambda: next(reference)))
-        ours.append(timed(lambda frame=frame: tracker.step(frame)))
+
+    def one_pass() -> tuple[list, dict[str, list]]:
+        trackers = {name: StreamingTracker(model, config) for name, config in tracker_variants(model).items()}
+        for tracker in trackers.values():
+            tracker.add_target(1, frames[0], mask=masks[0])
+        reference = predictor_steps(predictor, folder, masks[:1])
+        next(reference)  # frame 0: the prompted frame (memory encoding of the prompt)
+        theirs, ours = [], {name: [] for name in trackers}
+        for frame in frames[1:]:
+            theirs.append(timed(lambda: next(reference)))
+            for name, tracker in trackers.items():
+                ours[name].append(timed(lambda frame=frame, tracker=tracker: tracker.step(frame)))
+        return theirs, ours
+
+    for _ in range(passes(model)):
+        theirs, ours = one_pass()
     with torch.inference_mode():
         image = torch.zeros(1, 3, model.image_size, model.image_size, device=model.device)
         with reference_autocast(model.device):
             encoder = [timed(lambda: model.forward_image(image)) for _ in range(3)]
     print("\n[1] per-frame cost, 1 target (frames 1..N-1)")
     print(f"  SAM2VideoPredictor   {summary(theirs)}")
-    print(f"  StreamingTracker     {summary(ours)}")
-    print(f"  image encoder alone  {summary(encoder)}")
-    print(f"  ratio tracker / predictor: {ratio(ours, theirs)}  (goal <= 0.8)")
+    for name, samples in ours.items():
+        print(f"  {name:20s} {summary(samples)}")
+    print(f"  image encoder alone  {summary(encoder)} (eager)")
+    for name, samples in ours.items():
+        print(f"  ratio {name.strip()} / predictor: {ratio(samples, theirs)}  (goal <= 0.8)")
     if len(frames) > steady_from + 1:
         print(f"  steady state, frames >= {steady_from + 1} (full memory):")
         print(f"  SAM2VideoPredictor   {summary(theirs[steady_from:])}")
-        print(f"  StreamingTracker     {summary(ours[steady_from:])}")
-        print(f"  ratio tracker / predictor, steady state: {ratio(ours[steady_from:], theirs[steady_from:])}")
+        for name, samples in ours.items():
+            print(f"  {name:20s} {summary(samples[steady_from:])}")
+            steady = ratio(samples[steady_from:], theirs[steady_from:])
+            print(f"  ratio {name.strip()} / predictor, steady state: {steady}")
 
 
-def multi_target_cost(predictor, model, folder, frames, masks, num_targets: int, with_reference: bool) -> None:
+def multi_target_cost(
+    predictor, model, folder, frames, masks, num_targets: int, with_reference: bool, steady_from: int
+) -> None:
     """num_targets vs 1 target on the same frames (tracker batched; the predictor loops over objects)."""
-    single, multi = StreamingTracker(model), StreamingTracker(model)
-    single.add_target(1, frames[0], mask=masks[0])
-    for i in range(num_targets):
-        multi.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
-    reference = predictor_steps(predictor, folder, masks[:num_targets]) if with_reference else None
-    if reference is not None:
-        next(reference)
-    one, many, theirs = [], [], []
-    for frame in frames[1:]:
-        one.append(timed(lambda frame=frame: single.step(frame)))
-        many.append(timed(lambda frame=frame: multi.step(frame)))
+
+    def one_pass() -> tuple[list, list, list]:
+        single, multi = StreamingTracker(model), StreamingTracker(model)
+        single.add_target(1, frames[0], mask=masks[0])
+        for i in range(num_targets):
+            multi.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
+        reference = predictor_steps(predictor, folder, masks[:num_targets]) if with_reference else None
         if reference is not None:
-            theirs.append(timed(lambda: next(reference)))
+            next(reference)
+        one, many, theirs = [], [], []
+        for frame in frames[1:]:
+            one.append(timed(lambda frame=frame: single.step(frame)))
+            many.append(timed(lambda frame=frame: multi.step(frame)))
+            if reference is not None:
+                theirs.append(timed(lambda: next(reference)))
+        return one, many, theirs
+
+    for _ in range(passes(model)):
+        one, many, theirs = one_pass()
     print(f"\n[2] {num_targets} targets vs 1 target (frames 1..N-1)")
     print(f"  tracker, 1 target              {summary(one)}")
     print(f"  tracker, {num_targets} targets (batched)    {summary(many)}")
     print(f"  ratio {num_targets} / 1: {ratio(many, one)}  (goal <= 2.5)")
+    if len(frames) > steady_from + 1:
+        print(f"  steady state, frames >= {steady_from + 1}: 1 target {summary(one[steady_from:])}")
+        print(f"  {'':33s}{num_targets} targets {summary(many[steady_from:])}")
+        print(f"  ratio {num_targets} / 1, steady state: {ratio(many[steady_from:], one[steady_from:])}")
     if theirs:
         print(f"  SAM2VideoPredictor, {num_targets} objects  {summary(theirs)}")
         print(f"  ratio tracker / predictor at {num_targets} objects: {ratio(many, theirs)}")
@@ -354,7 +392,8 @@ def main() -> None:
             multi_folder.mkdir()
             multi_frames, multi_masks = write_clip(multi_folder, args.multi_frames, model.image_size, args.targets)
             multi_target_cost(
-                predictor, model, multi_folder, multi_frames, multi_masks, args.targets, not args.no_reference_multi
+                predictor, model, multi_folder, multi_frames, multi_masks, args.targets, not args.no_reference_multi,
+                steady_from=model.max_obj_ptrs_in_encoder,
             )
     if 3 in sections and args.rss_frames:
         rss_growth(model, frames, masks, args.rss_frames)

@@ -149,7 +149,9 @@ class Sa2VANode(LifecycleNode):
         )
         started = time.monotonic()
         try:  # here, not at activate: an empty engine cache means an ONNX export / TensorRT build (minutes)
-            parts = load_parts(model.grounding_encoder, params.backend, params.tracker_config().engines_dir or None)
+            tracker_config = params.tracker_config()
+            parts = load_parts(model.grounding_encoder, params.backend, tracker_config.engines_dir or None,
+                               cuda_graphs=tracker_config.cuda_graphs)
         except Exception as error:
             self.get_logger().error(f"could not load the '{params.backend}' backend: {type(error).__name__}: {error}")
             return TransitionCallbackReturn.FAILURE

@@ -476,7 +476,7 @@ def test_the_backend_is_loaded_at_configure_and_a_failure_is_one_line(
     calls = []
     real_load_parts = node_module.load_parts
 
-    def recording_load_parts(sam, backend, engines_dir):  # records the call, loads the torch parts (fast)
+    def recording_load_parts(sam, backend, engines_dir, **options):  # records the call, loads the torch parts
         calls.append((backend, engines_dir))
         return real_load_parts(sam, "torch", None)
 

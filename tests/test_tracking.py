@@ -420,3 +420,63 @@ def test_batched_pointer_encodings_match_the_video_predictor_per_object(tmp_path
         for n, target_id in enumerate(prompts):
             assert np.abs(result.logits[target_id] - expected[n]).max() <= 2e-6
     assert max(float(np.abs(r.logits[2] - r.logits[3]).max()) for r in results[1:]) > 1e-3  # targets differ
+
+
+def _graph_vs_eager_runs(sam: torch.nn.Module, frames: list[np.ndarray]) -> list[tuple]:
+    """The same stream with and without CUDA graphs: a mask target, then one caught up from 3 frames back."""
+    runs = []
+    for cuda_graphs in (False, True):
+        tracker = StreamingTracker(sam, TrackerConfig(cuda_graphs=cuda_graphs))
+        results = [tracker.add_target(1, frames[0], mask=square_mask(0))]
+        for t, frame in enumerate(frames[1:], start=1):
+            results.append(tracker.step(frame))
+            if t == 8:  # features of frame 5 were buffered before three more replays of the graph
+                results.append(tracker.add_target(2, at=5, box=(60, 10, 120, 80)))
+        runs.append((tracker, results))
+    return runs
+
+
+def test_cuda_graphs_setting_leaves_cpu_tracking_unchanged(sam: torch.nn.Module) -> None:
+    (_, eager_results), (graphed, graphed_results) = _graph_vs_eager_runs(sam, clip(10))
+    assert graphed.parts.cuda_graphs and not graphed.parts._graphs  # on a CPU the encoder simply runs eagerly
+    for ours, theirs in zip(graphed_results, eager_results, strict=True):
+        assert all(np.array_equal(ours.logits[i], theirs.logits[i]) for i in theirs.masks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_image_encoder_replays_the_eager_encoder(sam: torch.nn.Module) -> None:
+    """Captured once, replayed every frame, buffered features copied out: logits equal eager tracking."""
+    sam_cuda = build_sam2(tiny_sam2_config(128), sa2va=False).cuda().eval()
+    sam_cuda.load_state_dict(sam.state_dict())
+    (_, eager_results), (graphed, graphed_results) = _graph_vs_eager_runs(sam_cuda, clip(12))
+    assert len(graphed.parts._graphs) == 1 and graphed.parts.cuda_graphs
+    worst = max(
+        float(np.abs(ours.logits[i] - theirs.logits[i]).max())
+        for ours, theirs in zip(graphed_results, eager_results, strict=True)
+        for i in theirs.masks
+    )
+    assert worst <= 1e-4, worst
+    assert all(
+        np.array_equal(ours.masks[i], theirs.masks[i])
+        for ours, theirs in zip(graphed_results, eager_results, strict=True)
+        for i in theirs.masks
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_a_refused_capture_falls_back_to_the_eager_encoder(
+    sam: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sa2va_ros.runtime.torch_parts import TorchParts
+
+    def refuse(*args: object) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(TorchParts, "_capture_image_encoder", refuse)
+    sam_cuda = build_sam2(tiny_sam2_config(128), sa2va=False).cuda().eval()
+    tracker = StreamingTracker(sam_cuda, TrackerConfig(cuda_graphs=True))
+    frames = clip(4)
+    tracker.add_target(1, frames[0], mask=square_mask(0))
+    results = [tracker.step(frame) for frame in frames[1:]]
+    assert not tracker.parts.cuda_graphs and results[-1].masks[1].any()
+    assert sum("CUDA graph capture of the image encoder failed" in r.message for r in caplog.records) == 1

@@ -61,8 +61,11 @@ def backend_problem(backend: str) -> str | None:
     return None
 
 
-def load_parts(sam: SAM2Base, backend: str = "torch", engines_dir: str | Path | None = None) -> SamParts:
+def load_parts(
+    sam: SAM2Base, backend: str = "torch", engines_dir: str | Path | None = None, *, cuda_graphs: bool = False
+) -> SamParts:
     """The SAM-2 parts of ``sam`` on ``backend``; ONNX files / engines come from (or are made in) ``engines_dir``.
+    ``cuda_graphs``: the torch backend replays its image encoder as a CUDA graph on CUDA.
 
     Raises ``BackendUnavailableError`` naming the package to install when the backend's runtime is missing.
     """
@@ -70,7 +73,7 @@ def load_parts(sam: SAM2Base, backend: str = "torch", engines_dir: str | Path | 
     if problem:
         raise BackendUnavailableError(problem)
     if backend == "torch":
-        return TorchParts(sam)
+        return TorchParts(sam, cuda_graphs=cuda_graphs)
     from sa2va_ros.runtime.export import ensure_exported
 
     root = Path(engines_dir) if engines_dir is not None else default_engines_dir()

@@ -71,6 +71,7 @@ class TrackerConfig:
     min_frame_side: int = 8
     max_frame_side: int = 8192
     cuda_bf16_autocast: bool = True  # on CUDA, run under bfloat16 autocast (CPU always runs float32)
+    cuda_graphs: bool = True  # on CUDA, the torch backend replays the image encoder as a CUDA graph (same kernels)
     backend: str = "torch"  # runtime of the four SAM-2 parts: torch | onnxruntime | tensorrt
     engines_dir: str = ""  # where exported ONNX files and TensorRT engines are cached ("": the default cache)
 
@@ -160,7 +161,9 @@ class StreamingTracker:
             raise ValueError("the SAM-2 model must be in eval mode (call .eval() first)")
         self.sam = sam2_model
         self.config = config or TrackerConfig()
-        self.parts = parts or load_parts(sam2_model, self.config.backend, self.config.engines_dir or None)
+        self.parts = parts or load_parts(
+            sam2_model, self.config.backend, self.config.engines_dir or None, cuda_graphs=self.config.cuda_graphs
+        )
         self._device = next(sam2_model.parameters()).device
         self._lock = threading.RLock()
         self.reset()
