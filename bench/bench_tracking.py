@@ -15,7 +15,8 @@ Commands used for bench/RESULTS_tracking.md:
   .venv/bin/python bench/bench_tracking.py --config tiny --frames 60 --multi-frames 30 --rss-frames 5000 --threads 1
   .venv/bin/python bench/bench_tracking.py --config sam2.1_hiera_t --frames 6 --multi-frames 3 \
       --no-reference-multi --sections 1,2 --threads 1
-  python bench/bench_tracking.py --config sam2.1_hiera_t --device cuda --frames 40 --multi-frames 20 --sections 1,2,4
+  python bench/bench_tracking.py --config sam2.1_hiera_t --device cuda --frames 30 --multi-frames 30 --sections 1,2
+  python bench/bench_tracking.py --config sam2.1_hiera_t --device cuda --frames 30 --sections 6 --targets 8
   .venv/bin/python bench/bench_tracking.py --config sam2.1_hiera_t --frames 6 --sections 4 --catch-up 1,4,8 --threads 1
   .venv/bin/python bench/bench_tracking.py --config tiny --frames 40 --multi-frames 30 --rss-frames 0 \
       --sections 1,2 --threads 1   (and --targets 16 --no-reference-multi --sections 2)
