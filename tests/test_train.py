@@ -67,8 +67,8 @@ def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):
     objective = Sa2VAObjective(model, config).train()
     sample = synthetic_sample(3, 0, {"video": 1.0}, (48, 64), 2)
     losses = objective(sample)
-    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "objects", "points", "semantic",
-                           "total"}
+    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "objects", "presence", "points",
+                           "semantic", "total"}
     assert losses["points"].item() == 0.0  # point prompts are off unless configured
     assert losses["align"].item() == 0.0  # so is the alignment loss
     assert all(torch.isfinite(v) for v in losses.values())
@@ -250,7 +250,8 @@ def test_loss_decreases_on_a_repeated_sample(tmp_path):
     assert float(objective(sample)["total"]) < 0.7 * first
 
 
-@pytest.mark.parametrize("aids", [{}, {"object_prompts": 2, "semantic_weight": 1.0, "align_weight": 1.0}],
+@pytest.mark.parametrize("aids", [{}, {"object_prompts": 2, "semantic_weight": 1.0, "align_weight": 1.0,
+                                          "presence_prompts": 1}],
                          ids=["recipe", "from-scratch-aids"])
 def test_resume_is_exact(tmp_path, aids):
     config = _config(tmp_path, **aids)
@@ -376,3 +377,54 @@ def test_two_process_ddp_on_cpu_trains_one_synchronised_model(tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3]  # rank 0 alone writes
     assert [r["lr"] for r in log] == pytest.approx([1e-3, 5e-4, 0.0])  # one schedule step per optimiser step
     assert Sa2VA.from_pretrained(tmp_path / "run" / "final") is not None
+
+
+def test_absent_subjects_name_nothing_in_the_scene():
+    from sa2va_ros.synthetic.vocabulary import CLASSES, COLOURS
+    from sa2va_ros.train.objective import absent_subject
+
+    torch.manual_seed(0)
+    scene = (("red", "ball"), ("blue", "mug"), ("red", "mug"))
+    drawn = [absent_subject(scene) for _ in range(200)]
+    for subject in drawn:
+        if subject.colour is None:
+            assert subject.cls not in {"ball", "mug"}
+        else:
+            assert (subject.colour, subject.cls) not in scene and subject.cls in {"ball", "mug"}
+    recoloured = sum(s.colour is not None for s in drawn) / len(drawn)
+    assert 0.6 < recoloured < 0.9  # mostly the hard case: a class that is there, in a colour it lacks
+    every_colour = tuple((colour, "ball") for colour in COLOURS)  # no colour left for a ball
+    assert all(absent_subject(every_colour).cls != "ball" for _ in range(20))
+    everything = tuple(("red", cls) for cls in CLASSES)  # no class left: recolour one
+    assert all(absent_subject(everything).colour not in (None, "red") for _ in range(20))
+
+
+def test_presence_prompts_ask_for_present_and_absent_objects(tmp_path, monkeypatch):
+    config = _config(tmp_path, presence_prompts=6, presence_prompt_weight=0.5)
+    model = build_model(config)
+    objective = Sa2VAObjective(model, config).train()
+    samples = (synthetic_sample(i, 0, {"image": 1.0}, (48, 64), 2) for i in range(40))
+    sample = next(s for s in samples if len(set(s.labels.ravel()) - {0}) >= 2)
+    passes = []
+    answer_pass = objective._answer_pass
+    monkeypatch.setattr(objective, "_answer_pass", lambda p, f, a: passes.append((p, a)) or answer_pass(p, f, a))
+    torch.manual_seed(3)
+    losses = objective(sample)
+    asked = passes[1:]
+    assert len(asked) == 6 and losses["presence"].item() > 0
+    nouns = {f"{colour} {cls}" for colour, cls in sample.names} | {cls for _, cls in sample.names}
+    outcomes = set()
+    for prompt, answer in asked:
+        noun = prompt.removeprefix("<image>\nPlease segment the ").removesuffix(" in this image.")
+        if answer == "Sure, [SEG].":
+            assert noun in {f"{colour} {cls}" for colour, cls in sample.names}
+        else:
+            assert answer == f"There is no {noun}." and noun not in nouns
+        outcomes.add(answer == "Sure, [SEG].")
+    assert outcomes == {True, False}
+    expected = (losses["ce"] + 2 * losses["bce"] + 0.5 * losses["dice"] + losses["object_score"] + losses["iou"]
+                + 0.5 * losses["presence"])
+    torch.testing.assert_close(losses["total"], expected)
+    model.zero_grad()
+    losses["presence"].backward()
+    assert model.mllm.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0

@@ -65,6 +65,10 @@ class TrainConfig:
     # and class identify, each with its mask (+ alignment), weighted by ``object_prompt_weight``.
     object_prompts: int = 0
     object_prompt_weight: float = 1.0
+    # From-scratch aid: per sample, ``presence_prompts`` more requests on frame 0, half for an object that is there and
+    # half for one that is not (answer "There is no ..."), CE weighted by ``presence_prompt_weight``.
+    presence_prompts: int = 0
+    presence_prompt_weight: float = 1.0
     # From-scratch aid: training-only colour/class prototypes shared by SAM-2's image embedding (per location) and
     # the object prompts' [SEG] vectors (see ``SemanticPrototypes``); 0 turns it off.
     semantic_weight: float = 0.0
@@ -90,8 +94,9 @@ class TrainConfig:
         if not self.mix or any(v < 0 for v in self.mix.values()) or set(self.mix) - {"image", "video"}:
             problems.append(f"mix must weight 'image' and/or 'video' with non-negative numbers, got {self.mix}")
         if min(self.point_prompts, self.point_prompt_weight, self.sam_warmup_steps, self.object_prompts,
-               self.object_prompt_weight) < 0:
-            problems.append("point_prompts, object_prompts, their weights and sam_warmup_steps must be >= 0")
+               self.object_prompt_weight, self.presence_prompts, self.presence_prompt_weight) < 0:
+            problems.append("point_prompts, object_prompts, presence_prompts, their weights and sam_warmup_steps "
+                            "must be >= 0")
         if self.sam_warmup_steps and not self.point_prompts:
             problems.append("sam_warmup_steps needs point_prompts > 0")
         if self.sam_warmup_steps >= self.steps:

@@ -11,7 +11,7 @@ from torch import nn
 
 from sa2va_ros.model import Sa2VA
 from sa2va_ros.model.preprocess import to_pil
-from sa2va_ros.synthetic.language import join_phrases, segmentation_answer
+from sa2va_ros.synthetic.language import Description, absent_answer, join_phrases, segmentation_answer
 from sa2va_ros.synthetic.vocabulary import CLASSES, COLOURS
 
 from .config import TrainConfig
@@ -56,6 +56,27 @@ def soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def identifiable_objects(sample: TrainSample) -> list[int]:
+    """Labels of frame 0's objects that show at least ``MIN_OBJECT_PIXELS`` and whose colour + class no other object
+    of the scene shares (so "the red ball" names exactly one)."""
+    counts = Counter(sample.names)
+    visible, pixels = np.unique(sample.labels, return_counts=True)
+    return [int(i) for i, n in zip(visible, pixels, strict=True)
+            if 0 < i <= len(sample.names) and n >= MIN_OBJECT_PIXELS and counts[sample.names[i - 1]] == 1]
+
+
+def absent_subject(names: tuple[tuple[str, str], ...]) -> Description:
+    """Something the scene lacks (drawn with torch's RNG, so a resumed run repeats it): 75 % a class of the scene
+    in a colour none of its objects of that class has (the hard case), else a class with no object at all."""
+    classes = {cls for _, cls in names}
+    recoloured = [(colour, cls) for cls in sorted(classes) for colour in COLOURS if (colour, cls) not in names]
+    missing = [cls for cls in CLASSES if cls not in classes]
+    if recoloured and (not missing or torch.rand(()) < 0.75):
+        colour, cls = recoloured[int(torch.randint(len(recoloured), ()))]
+        return Description(cls, colour)
+    return Description(missing[int(torch.randint(len(missing), ()))])
+
+
 class SemanticPrototypes(nn.Module):
     """Training-only from-scratch aid, never saved with the model: one prototype per colour and per class (index 0:
     background) shared by SAM-2's image embedding (per location) and the projected ``[SEG]`` vectors, read out as
@@ -98,7 +119,7 @@ class Sa2VAObjective(nn.Module):
         if cfg.point_prompts or cfg.semantic_weight or (language and cfg.object_prompts):
             frame0 = sam.encode_frame(sam.preprocess(sample.frames[:1]).to(zero.device))
         points = self._point_prompt_losses(sample, frame0) if cfg.point_prompts else zero
-        losses = dict.fromkeys(("ce", "bce", "dice", "object_score", "iou", "align", "objects"), zero)
+        losses = dict.fromkeys(("ce", "bce", "dice", "object_score", "iou", "align", "objects", "presence"), zero)
         losses["points"] = points
         losses["semantic"] = self._semantic_map_loss(sample, frame0) if cfg.semantic_weight else zero
         if not language:
@@ -111,6 +132,8 @@ class Sa2VAObjective(nn.Module):
             losses.update(self._mask_losses(sample, model.text_hidden_fcs(seg_hidden)))
         if cfg.object_prompts:
             losses["objects"] = self._object_prompt_losses(sample, frame0)
+        if cfg.presence_prompts:
+            losses["presence"] = self._presence_prompt_losses(sample)
         losses["total"] = (
             cfg.ce_weight * losses["ce"]
             + cfg.bce_weight * losses["bce"]
@@ -119,6 +142,7 @@ class Sa2VAObjective(nn.Module):
             + cfg.point_prompt_weight * points
             + cfg.align_weight * losses["align"]
             + cfg.object_prompt_weight * losses["objects"]
+            + cfg.presence_prompt_weight * losses["presence"]
             + cfg.semantic_weight * losses["semantic"]
         )
         return losses
@@ -170,10 +194,7 @@ class Sa2VAObjective(nn.Module):
         mask (+ alignment) on the shared frame-0 encoding — every object of the scene becomes a target, and the
         others in the same image its negatives."""
         model, cfg = self.model, self.config
-        counts = Counter(sample.names)
-        visible, pixels = np.unique(sample.labels, return_counts=True)
-        candidates = [int(i) for i, n in zip(visible, pixels, strict=True)
-                      if 0 < i <= len(sample.names) and n >= MIN_OBJECT_PIXELS and counts[sample.names[i - 1]] == 1]
+        candidates = identifiable_objects(sample)
         if not candidates:
             return torch.zeros((), device=frame0[0][0].device)
         chosen = [candidates[j] for j in torch.randperm(len(candidates))[: cfg.object_prompts].tolist()]
@@ -194,6 +215,25 @@ class Sa2VAObjective(nn.Module):
             masks = torch.from_numpy(np.stack([sample.labels == i for i in chosen])).float()[:, None]
             loss = loss + cfg.align_weight * self._alignment_loss(out["pix_feat"], embeddings, masks.to(ce.device))
         return loss
+
+    def _presence_prompt_losses(self, sample: TrainSample) -> torch.Tensor:
+        """From-scratch aid: ``presence_prompts`` requests on frame 0, each for an object that is there ("Sure,
+        [SEG].") or, as often, for one that is not ("There is no purple mug."): mostly a present class in a colour
+        it does not have here, else a class absent from the scene. Balanced, unlike the world's few absent
+        phrases, so the answer has to come from the image: the next-token CE of each answer."""
+        pairs = [sample.names[i - 1] for i in identifiable_objects(sample)]
+        present = [Description(cls, colour) for colour, cls in pairs]
+        losses = []
+        for _ in range(self.config.presence_prompts):
+            if present and torch.rand(()) < 0.5:
+                subject = present[int(torch.randint(len(present), ()))]
+                answer = segmentation_answer([f"the {subject.noun}"], bare=False)
+            else:
+                subject = absent_subject(sample.names)
+                answer = absent_answer(subject)
+            prompt = f"<image>\nPlease segment the {subject.noun} in this image."
+            losses.append(self._answer_pass(prompt, sample.frames[:1], answer)[0])
+        return torch.stack(losses).mean()
 
     def _semantic_map_loss(self, sample: TrainSample, frame0: tuple) -> torch.Tensor:
         """Soft cross-entropy of SAM-2's frame-0 image embedding, per location, against the share of each colour and
