@@ -48,6 +48,8 @@ from sa2va_ros.model.sam2_grounding import build_sam2, bundled_sam2_config, tiny
 from sa2va_ros.tracking import StreamingTracker, TrackerConfig
 from sa2va_ros.tracking.reference import build_reference_predictor
 
+SAM2_PARTS = ("encode_image", "attend_memory", "encode_memory", "decode_masks")
+
 
 def write_clip(folder: Path, num_frames: int, size: int, num_objects: int) -> tuple[list[np.ndarray], list]:
     """``num_objects`` noisy moving squares as ``size``² JPEGs; decoded frames + frame-0 masks."""
@@ -125,6 +127,14 @@ def predictor_steps(predictor, folder: Path, masks: list) -> Iterator[object]:
         yield out
 
 
+def tracker_with_targets(model, frames, masks, count: int) -> StreamingTracker:
+    """A tracker given ``count`` mask targets on frame 0 (the first as a new frame, the others caught up on it)."""
+    tracker = StreamingTracker(model)
+    for i in range(count):
+        tracker.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
+    return tracker
+
+
 def tracker_variants(model) -> dict[str, TrackerConfig]:
     """The tracker as shipped, and on CUDA also with its image encoder eager (no CUDA graph), for comparison."""
     variants = {"StreamingTracker": TrackerConfig()}
@@ -183,10 +193,7 @@ def multi_target_cost(
     """num_targets vs 1 target on the same frames (tracker batched; the predictor loops over objects)."""
 
     def one_pass() -> tuple[list, list, list]:
-        single, multi = StreamingTracker(model), StreamingTracker(model)
-        single.add_target(1, frames[0], mask=masks[0])
-        for i in range(num_targets):
-            multi.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
+        single, multi = (tracker_with_targets(model, frames, masks, count) for count in (1, num_targets))
         reference = predictor_steps(predictor, folder, masks[:num_targets]) if with_reference else None
         if reference is not None:
             next(reference)
@@ -284,22 +291,17 @@ def host_ops(model, frames, masks, num_targets: int) -> None:
     """Torch ops per step in the tracker's own code (memory assembly, results: masks and boxes read, logits not)."""
     print("\n[5] torch ops per step outside the four SAM-2 parts (steady state, frames 20..29)")
     for count in sorted({1, num_targets}):
-        tracker = StreamingTracker(model)
-        for i in range(count):
-            tracker.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
+        tracker = tracker_with_targets(model, frames, masks, count)
         for frame in frames[1:20]:
             tracker.step(frame)
         counter = _OpCounter()
-        for name in ("encode_image", "attend_memory", "encode_memory", "decode_masks"):
+        for name in SAM2_PARTS:
             setattr(tracker.parts, name, counter.uncounted(getattr(tracker.parts, name)))
         with counter:
             for frame in frames[20:30]:
                 result = tracker.step(frame)
                 [(result.masks[i], result.boxes[i]) for i in result.masks]
         print(f"  {count:2d} target(s): {counter.ops / 10:6.0f} ops per step")
-
-
-SAM2_PARTS = ("encode_image", "attend_memory", "encode_memory", "decode_masks")
 
 
 def part_profile(model, frames, masks, num_targets: int) -> None:
@@ -310,9 +312,7 @@ def part_profile(model, frames, masks, num_targets: int) -> None:
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     print("\n[6] profile, mean per step over frames 20..24 (device time on CUDA, else CPU time)")
     for count in sorted({1, num_targets}):
-        tracker = StreamingTracker(model)
-        for i in range(count):
-            tracker.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
+        tracker = tracker_with_targets(model, frames, masks, count)
         for frame in frames[1:20]:
             tracker.step(frame)
         for name in SAM2_PARTS:

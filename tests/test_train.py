@@ -138,15 +138,23 @@ def test_alignment_loss_rewards_the_phrase_s_object_locations(tmp_path):
     torch.testing.assert_close(losses["total"], expected)
 
 
-def test_object_prompts_name_every_identifiable_object(tmp_path, monkeypatch):
-    config = _config(tmp_path, object_prompts=3, object_prompt_weight=0.5, align_weight=1.0)
+def _recording_objective(tmp_path, monkeypatch, **fields):
+    """A tiny objective whose LLM passes are recorded as (prompt, answer), and an image sample with 2+ objects."""
+    config = _config(tmp_path, **fields)
     model = build_model(config)
     objective = Sa2VAObjective(model, config).train()
-    samples = (synthetic_sample(i, 0, {"image": 1.0}, (48, 64), 2) for i in range(20))
+    samples = (synthetic_sample(i, 0, {"image": 1.0}, (48, 64), 2) for i in range(40))
     sample = next(s for s in samples if len(set(s.labels.ravel()) - {0}) >= 2)
     passes = []
     answer_pass = objective._answer_pass
     monkeypatch.setattr(objective, "_answer_pass", lambda p, f, a: passes.append((p, a)) or answer_pass(p, f, a))
+    return model, objective, sample, passes
+
+
+def test_object_prompts_name_every_identifiable_object(tmp_path, monkeypatch):
+    model, objective, sample, passes = _recording_objective(
+        tmp_path, monkeypatch, object_prompts=3, object_prompt_weight=0.5, align_weight=1.0
+    )
     losses = objective(sample)
     assert losses["objects"].item() > 0
     phrase_prompt, phrase_answer = passes[1]
@@ -400,14 +408,9 @@ def test_absent_subjects_name_nothing_in_the_scene():
 
 
 def test_presence_prompts_ask_for_present_and_absent_objects(tmp_path, monkeypatch):
-    config = _config(tmp_path, presence_prompts=6, presence_prompt_weight=0.5)
-    model = build_model(config)
-    objective = Sa2VAObjective(model, config).train()
-    samples = (synthetic_sample(i, 0, {"image": 1.0}, (48, 64), 2) for i in range(40))
-    sample = next(s for s in samples if len(set(s.labels.ravel()) - {0}) >= 2)
-    passes = []
-    answer_pass = objective._answer_pass
-    monkeypatch.setattr(objective, "_answer_pass", lambda p, f, a: passes.append((p, a)) or answer_pass(p, f, a))
+    model, objective, sample, passes = _recording_objective(
+        tmp_path, monkeypatch, presence_prompts=6, presence_prompt_weight=0.5
+    )
     torch.manual_seed(3)
     losses = objective(sample)
     asked = passes[1:]
