@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         config.threads = args.threads
     final = train(config, resume=not args.no_resume)
-    print(f"final model: {final}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, once
+        print(f"final model: {final}")
     return 0
 
 
