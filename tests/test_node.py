@@ -490,7 +490,7 @@ def test_the_backend_is_loaded_at_configure_and_a_failure_is_one_line(
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     assert len(calls) == 1  # activate builds the tracker on the parts loaded at configure
 
-    def broken_load_parts(sam, backend, engines_dir):
+    def broken_load_parts(sam, backend, engines_dir, **options):
         raise BackendUnavailableError("backend 'onnxruntime' needs the onnxruntime package")
 
     monkeypatch.setattr(node_module, "load_parts", broken_load_parts)
