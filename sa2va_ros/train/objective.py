@@ -17,7 +17,7 @@ from sa2va_ros.synthetic.vocabulary import CLASSES, COLOURS
 from .config import TrainConfig
 from .data import TrainSample
 
-MIN_OBJECT_PIXELS = 64  # object prompts skip slivers (an object almost hidden by another)
+MIN_OBJECT_PIXELS = 64  # identifiable objects exclude slivers (an object almost hidden by another)
 
 
 def prototype_indices(names: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> tuple[np.ndarray, np.ndarray]:
