@@ -81,6 +81,32 @@ def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):
             objective(broken)
 
 
+def test_mask_losses_reuse_the_frame_0_encoding_of_the_aids(tmp_path, monkeypatch):
+    config = _config(tmp_path)
+    model = build_model(config)
+    objective = Sa2VAObjective(model, config).eval()  # no dropout: both passes see the same network
+    sam = model.grounding_encoder
+    sample = synthetic_sample(3, 0, {"video": 1.0}, (48, 64), 2)
+    embeddings = torch.randn(len(sample.masks), 256)
+    trunk = sam.image_encoder.trunk.patch_embed.proj.weight
+
+    def losses_and_grad(frame0):
+        model.zero_grad()
+        losses = objective._mask_losses(sample, embeddings, frame0)
+        (losses["bce"] + losses["dice"] + losses["object_score"]).backward()
+        return {k: v.detach() for k, v in losses.items()}, trunk.grad.clone()
+
+    fresh, fresh_grad = losses_and_grad(None)
+    encodes = []
+    monkeypatch.setattr(sam, "forward_image", lambda image, f=sam.forward_image: encodes.append(1) or f(image))
+    frame0 = sam.encode_frame(sam.preprocess(sample.frames[:1]))
+    reused, reused_grad = losses_and_grad(frame0)
+    assert len(encodes) == len(sample.frames)  # frame 0 once (for the aids), then only the later frames
+    for key in fresh:
+        torch.testing.assert_close(reused[key], fresh[key])
+    torch.testing.assert_close(reused_grad, fresh_grad)
+
+
 def test_point_prompts_train_sam2_and_the_warm_up_skips_the_llm(tmp_path):
     config = _config(tmp_path, point_prompts=3, point_prompt_weight=0.5)
     model = build_model(config)

@@ -8,7 +8,7 @@ disabled (the object score still gates the object pointer).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -287,7 +287,11 @@ class Sa2VASam2(SAM2Base):
         }
 
     def language_video_inference(
-        self, images: Sequence[torch.Tensor], language_embd: torch.Tensor, num_cond_frames: int
+        self,
+        images: Sequence[torch.Tensor],
+        language_embd: torch.Tensor,
+        num_cond_frames: int,
+        encoded: Mapping[int, tuple] | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Official Sa2VA video inference, streamed: yields each frame's output (``pred_masks`` are the low-res
         logits ``[N, 1, S/4, S/4]``). Differentiable: callers choose ``torch.inference_mode`` or training.
@@ -295,15 +299,17 @@ class Sa2VASam2(SAM2Base):
         Frames ``0..K-1`` are initial conditioning frames prompted by the same language vector (no memory);
         their memories are encoded once all K are decoded; every later frame is tracked from memory alone.
         ``language_embd`` is ``[N, C]``: N ``[SEG]`` prompts tracked side by side (each independent, as N
-        separate official runs). ``images`` are preprocessed ``[3, S, S]`` tensors (a lazy sequence is fine).
+        separate official runs). ``images`` are preprocessed ``[3, S, S]`` tensors (a lazy sequence is fine);
+        frames in ``encoded`` (index -> ``encode_frame`` output of the same pixels) are not encoded again.
         """
+        encoded = encoded or {}
         num_frames = len(images)
         num_cond = max(1, min(num_cond_frames, num_frames))
         memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         pending: list[tuple[int, dict, list, list]] = []
         embd = language_embd.reshape(-1, 1, language_embd.size(-1))  # [N, 1, C]: N prompts batched
         for t in range(num_frames):
-            feats, pos, sizes = self.encode_frame(images[t][None])
+            feats, pos, sizes = encoded[t] if t in encoded else self.encode_frame(images[t][None])
             feats = [f.expand(-1, embd.size(0), -1) for f in feats]  # [(HW), N, C]
             pos = [p.expand(-1, embd.size(0), -1) for p in pos]
             if t < num_cond:

@@ -129,7 +129,7 @@ class Sa2VAObjective(nn.Module):
         if seg_hidden.size(0) != len(sample.masks):
             raise ValueError(f"answer has {seg_hidden.size(0)} [SEG] but the sample has {len(sample.masks)} masks")
         if seg_hidden.size(0):
-            losses.update(self._mask_losses(sample, model.text_hidden_fcs(seg_hidden)))
+            losses.update(self._mask_losses(sample, model.text_hidden_fcs(seg_hidden), frame0))
         if cfg.object_prompts:
             losses["objects"] = self._object_prompt_losses(sample, frame0)
         if cfg.presence_prompts:
@@ -266,13 +266,17 @@ class Sa2VAObjective(nn.Module):
         )
         return mask_loss + cfg.object_score_weight * (iou + score)
 
-    def _mask_losses(self, sample: TrainSample, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Frame by frame: language-conditioned frames (official), or frame 0 conditioned + memory after it."""
+    def _mask_losses(
+        self, sample: TrainSample, embeddings: torch.Tensor, frame0: tuple | None
+    ) -> dict[str, torch.Tensor]:
+        """Frame by frame: language-conditioned frames (official), or frame 0 conditioned + memory after it.
+        ``frame0`` (frame 0 already encoded for the aids, or None) is reused, not encoded again."""
         sam = self.model.grounding_encoder
         pixels = sam.preprocess(sample.frames).to(embeddings.device)  # [T, 3, S, S]
         num_cond = 1 if self.config.train_memory else len(sample.frames)
         bce, dice, score, iou, align = [], [], [], [], []
-        for t, out in enumerate(sam.language_video_inference(pixels, embeddings, num_cond)):
+        encoded = {0: frame0} if frame0 else None
+        for t, out in enumerate(sam.language_video_inference(pixels, embeddings, num_cond, encoded)):
             size = out["pred_masks"].shape[-2:]
             full = torch.stack([torch.from_numpy(masks[t]).float() for masks in sample.masks])[:, None]
             target = F.interpolate(full.to(embeddings.device), size=size, mode="area")[:, 0]  # [N, h, w]
