@@ -6,12 +6,14 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sa2va_ros.model import Sa2VA
 from sa2va_ros.model.presets import tiny_model
-from sa2va_ros.synthetic.vocabulary import IMAGE_KIND_WEIGHTS
+from sa2va_ros.synthetic.vocabulary import CLASSES, COLOURS, IMAGE_KIND_WEIGHTS
 from sa2va_ros.train import LoraSettings, TrainConfig, load_train_config, train
 from sa2va_ros.train.data import synthetic_sample
 from sa2va_ros.train.loop import build_model
@@ -68,7 +70,7 @@ def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):
     sample = synthetic_sample(3, 0, {"video": 1.0}, (48, 64), 2)
     losses = objective(sample)
     assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "objects", "presence", "points",
-                           "semantic", "total"}
+                           "semantic", "image_tokens", "total"}
     assert losses["points"].item() == 0.0  # point prompts are off unless configured
     assert losses["align"].item() == 0.0  # so is the alignment loss
     assert all(torch.isfinite(v) for v in losses.values())
@@ -206,7 +208,7 @@ def test_semantic_prototypes_read_colour_and_class_off_sam_features_and_seg(tmp_
     config = _config(tmp_path, semantic_weight=1.0, object_prompts=2, point_prompts=1)
     model = build_model(config)
     objective = Sa2VAObjective(model, config)
-    semantic = objective.semantic
+    semantic = objective.aids["semantic"]
     channels = semantic.colour.size(1)
     with torch.no_grad():  # orthogonal prototypes: background = e0, colour k = e(1 + k), class k = e(20 + k)
         semantic.colour.copy_(torch.eye(channels)[: semantic.colour.size(0)])
@@ -236,6 +238,49 @@ def test_semantic_prototypes_read_colour_and_class_off_sam_features_and_seg(tmp_
     torch.testing.assert_close(warm_up["total"], warm_up["points"] + warm_up["semantic"])
     # training-only: the model (what is saved) has no such weights
     assert not any(p is semantic.colour or p is semantic.cls for p in model.parameters())
+
+
+def test_image_tokens_read_colour_and_class_of_their_own_cell(tmp_path, monkeypatch):
+    overrides = {**TINY, "tile_size": 56, "max_dynamic_patch": 2}  # 2 x 2 tokens per tile
+    config = _config(tmp_path, preset_overrides=overrides, image_size=(48, 96), image_token_semantic_weight=0.5)
+    model = build_model(config)
+    objective = Sa2VAObjective(model, config).train()
+    prototypes = objective.aids["image_tokens"]
+    sample = synthetic_sample(2, 0, {"image": 1.0}, (48, 96), 2)
+    losses = objective(sample)
+    assert losses["image_tokens"].item() > 0
+    torch.testing.assert_close(losses["total"] - 0.5 * losses["image_tokens"], losses["ce"] + 2 * losses["bce"]
+                               + 0.5 * losses["dice"] + losses["object_score"] + losses["iou"])
+    model.zero_grad()
+    losses["image_tokens"].backward()  # trains the vision tower, the projector and the prototypes, not the LLM
+    assert model.mllm.model.vision_tower.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    assert model.mllm.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
+    assert prototypes.colour.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.mllm.model.language_model.parameters())
+    assert not any(p is prototypes.colour for p in model.parameters())  # training-only
+
+    # The loss pairs each token with its own cell: recomputed here from block means of the label map.
+    # 192 x 96 image -> 2 x 1 tiles of 2 x 2 tokens (+ the thumbnail); cell (i, j) of tile c spans
+    # rows 48 i .. 48 (i + 1), columns 96 c + 48 j .. (+ 48); the thumbnail's cells are twice as wide.
+    sample = synthetic_sample(2, 0, {"image": 1.0}, (96, 192), 2)
+    colour_of = np.concatenate([[0], [1 + list(COLOURS).index(c) for c, _ in sample.names]])
+    class_of = np.concatenate([[0], [1 + CLASSES.index(k) for _, k in sample.names]])
+
+    def shares(rows: slice, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        cell = sample.labels[rows, cols].ravel()
+        return tuple(torch.bincount(torch.from_numpy(lookup[cell]), minlength=size).float() / cell.size
+                     for lookup, size in ((colour_of, 1 + len(COLOURS)), (class_of, 1 + len(CLASSES))))
+
+    cells = [shares(slice(48 * i, 48 * (i + 1)), slice(96 * c + 48 * j, 96 * c + 48 * (j + 1)))
+             for c in range(2) for i in range(2) for j in range(2)]
+    cells += [shares(slice(48 * i, 48 * (i + 1)), slice(96 * j, 96 * (j + 1))) for i in range(2) for j in range(2)]
+    assert len({tuple(colour.tolist()) for colour, _ in cells}) > 2  # the cells differ
+    tokens = torch.randn(3, 4, prototypes.colour.size(1))
+    colour_logits, class_logits = prototypes(tokens.flatten(0, 1))
+    expected = sum(-(torch.stack([cell[k] for cell in cells]) * F.log_softmax(logits, -1)).sum(-1).mean()
+                   for k, logits in enumerate((colour_logits, class_logits)))
+    monkeypatch.setattr(model, "_internvl_tile_features", lambda pixels: tokens)
+    torch.testing.assert_close(objective._image_token_loss(sample), expected)
 
 
 def test_kind_weights_steer_the_training_mix(tmp_path):
@@ -285,7 +330,7 @@ def test_loss_decreases_on_a_repeated_sample(tmp_path):
 
 
 @pytest.mark.parametrize("aids", [{}, {"object_prompts": 2, "semantic_weight": 1.0, "align_weight": 1.0,
-                                          "presence_prompts": 1}],
+                                          "presence_prompts": 1, "image_token_semantic_weight": 1.0}],
                          ids=["recipe", "from-scratch-aids"])
 def test_resume_is_exact(tmp_path, aids):
     config = _config(tmp_path, **aids)

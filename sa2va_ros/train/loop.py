@@ -67,16 +67,14 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     torch.manual_seed(config.seed + start_step)
     trainable = apply_policy(model, config)
     objective = Sa2VAObjective(model, config).train()
-    if objective.semantic is not None:  # training-only parameters: they live in the optimizer file, not the model
-        trainable = [*trainable, *objective.semantic.parameters()]
+    trainable = [*trainable, *objective.aids.parameters()]  # training-only: in the optimizer file, not the model
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, math.ceil(config.warmup_ratio * config.steps), config.steps
     )
     if checkpoint is not None and config.policy == "full":  # LoRA restarts on merged weights: fresh optimiser
         state = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        if objective.semantic is not None:
-            objective.semantic.load_state_dict(state["semantic"])
+        objective.aids.load_state_dict(state["aids"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -138,8 +136,7 @@ def _save(accelerator: Accelerator, objective, optimizer, scheduler, path: Path,
         model = copy.deepcopy(model)
         model.mllm.model.language_model = model.mllm.model.language_model.merge_and_unload()
     model.save_pretrained(path)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
-    if objective.semantic is not None:
-        state["semantic"] = objective.semantic.state_dict()
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+             "aids": objective.aids.state_dict()}
     torch.save(state, path / OPTIMIZER_FILE)
     (path / STATE_FILE).write_text(json.dumps({"step": step}))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sa2va_ros.model import Sa2VA
-from sa2va_ros.model.preprocess import to_pil
+from sa2va_ros.model.preprocess import candidate_grids, closest_grid, dynamic_tiles, tiles_to_tensor, to_pil
 from sa2va_ros.synthetic.language import Description, absent_answer, join_phrases, segmentation_answer
 from sa2va_ros.synthetic.vocabulary import CLASSES, COLOURS
 
@@ -25,6 +25,23 @@ def prototype_indices(names: list[tuple[str, str]] | tuple[tuple[str, str], ...]
     colours = list(COLOURS)
     return (np.array([1 + colours.index(colour) for colour, _ in names], dtype=np.int64),
             np.array([1 + CLASSES.index(cls) for _, cls in names], dtype=np.int64))
+
+
+def label_shares(sample: TrainSample, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame 0's share of each colour and of each class (prototype order, index 0 the table) per cell of a
+    ``size`` grid over the image: ``[1 + colours, h, w]`` and ``[1 + classes, h, w]``."""
+    labels = torch.from_numpy(sample.labels.astype(np.int64))
+    shares = []
+    for ids, count in zip(prototype_indices(sample.names), (1 + len(COLOURS), 1 + len(CLASSES)), strict=True):
+        lookup = torch.from_numpy(np.concatenate([[0], ids]))  # label -> prototype; label 0 (the table) -> 0
+        onehot = F.one_hot(lookup[labels], count).permute(2, 0, 1)[None].float()  # [1, P, H, W]
+        shares.append(F.interpolate(onehot, size=size, mode="area")[0])
+    return shares[0], shares[1]
+
+
+def soft_cross_entropy(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the cross-entropy of ``[N, P]`` logits against ``[N, P]`` target distributions."""
+    return -(shares * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -107,8 +124,13 @@ class Sa2VAObjective(nn.Module):
         self.config = config
         stop = model.template.stop_words[0] if model.template.stop_words else model.tokenizer.eos_token
         self.answer_suffix = stop
-        channels = model.text_hidden_fcs[-2].out_features
-        self.semantic = SemanticPrototypes(channels, config.align_temperature) if config.semantic_weight else None
+        aids = {}  # training-only heads: saved with the optimizer state, never with the model
+        if config.semantic_weight:
+            aids["semantic"] = SemanticPrototypes(model.text_hidden_fcs[-2].out_features, config.align_temperature)
+        if config.image_token_semantic_weight:
+            hidden = model.mllm.config.get_text_config().hidden_size
+            aids["image_tokens"] = SemanticPrototypes(hidden, config.align_temperature)
+        self.aids = nn.ModuleDict(aids)
 
     def forward(self, sample: TrainSample, language: bool = True) -> dict[str, torch.Tensor]:
         """The losses of one sample; ``language=False`` is the SAM-2 warm-up (point prompts only, no LLM)."""
@@ -122,8 +144,10 @@ class Sa2VAObjective(nn.Module):
         losses = dict.fromkeys(("ce", "bce", "dice", "object_score", "iou", "align", "objects", "presence"), zero)
         losses["points"] = points
         losses["semantic"] = self._semantic_map_loss(sample, frame0) if cfg.semantic_weight else zero
+        losses["image_tokens"] = self._image_token_loss(sample) if cfg.image_token_semantic_weight else zero
+        aids = cfg.semantic_weight * losses["semantic"] + cfg.image_token_semantic_weight * losses["image_tokens"]
         if not language:
-            losses["total"] = points + cfg.semantic_weight * losses["semantic"] if cfg.semantic_weight else points
+            losses["total"] = points + aids if cfg.semantic_weight or cfg.image_token_semantic_weight else points
             return losses
         losses["ce"], seg_hidden = self._answer_pass(sample.prompt, sample.frames, sample.answer)
         if seg_hidden.size(0) != len(sample.masks):
@@ -143,7 +167,7 @@ class Sa2VAObjective(nn.Module):
             + cfg.align_weight * losses["align"]
             + cfg.object_prompt_weight * losses["objects"]
             + cfg.presence_prompt_weight * losses["presence"]
-            + cfg.semantic_weight * losses["semantic"]
+            + aids
         )
         return losses
 
@@ -204,8 +228,8 @@ class Sa2VAObjective(nn.Module):
         embeddings = model.text_hidden_fcs(seg_hidden)  # [K, C]
         out = model.grounding_encoder.decode_conditioning_frame(*frame0, embeddings[:, None])
         loss = ce + self._prompted_mask_loss(out, sample.labels, chosen)
-        if self.semantic is not None:  # each [SEG] reads out its object's colour and class
-            colour_logits, class_logits = self.semantic(embeddings)  # [K, 1 + colours], [K, 1 + classes]
+        if "semantic" in self.aids:  # each [SEG] reads out its object's colour and class
+            colour_logits, class_logits = self.aids["semantic"](embeddings)  # [K, 1 + colours], [K, 1 + classes]
             colour_ids, class_ids = prototype_indices([sample.names[i - 1] for i in chosen])
             loss = loss + cfg.semantic_weight * (
                 F.cross_entropy(colour_logits, torch.from_numpy(colour_ids).to(ce.device))
@@ -239,17 +263,33 @@ class Sa2VAObjective(nn.Module):
         """Soft cross-entropy of SAM-2's frame-0 image embedding, per location, against the share of each colour and
         class (background included) in that cell of the instance label map."""
         feats, _, sizes = frame0
-        height, width = sizes[-1]
         features = feats[-1][:, 0]  # [h*w, C]
-        # label -> prototype index; label 0 (the table) -> 0, the background prototype
-        colour_of, class_of = (np.concatenate([[0], ids]) for ids in prototype_indices(sample.names))
-        labels = torch.from_numpy(sample.labels.astype(np.int64)).to(features.device)
+        shares = label_shares(sample, tuple(sizes[-1]))  # [P, h, w] each
+        logits = self.aids["semantic"](features)  # [h*w, P] each
+        return sum(soft_cross_entropy(lg, sh.to(lg.device).flatten(1).T) for lg, sh in zip(logits, shares, strict=True))
+
+    def _image_token_loss(self, sample: TrainSample) -> torch.Tensor:
+        """From-scratch aid: the LLM's image tokens of frame 0 (each tile's and the thumbnail's) read out the share
+        of each colour and class in their cell, as SAM-2's features do, so that the vision tower shows the LLM what
+        the phrases name (whether "the purple mug" is there at all is the LLM's call)."""
+        cfg = self.model.config
+        image = to_pil(sample.frames[0])
+        tile = cfg.force_image_size
+        tiles = dynamic_tiles(image, cfg.min_dynamic_patch, cfg.max_dynamic_patch, tile, cfg.use_thumbnail)
+        tokens = self.model._internvl_tile_features(tiles_to_tensor(tiles, tile))  # [n, g*g, D]
+        side = round(tokens.size(1) ** 0.5)
+        cols, rows = closest_grid(
+            image.width, image.height, candidate_grids(cfg.min_dynamic_patch, cfg.max_dynamic_patch), tile
+        )
         losses = []
-        for lookup, logits in zip((colour_of, class_of), self.semantic(features), strict=True):
-            ids = torch.from_numpy(lookup).to(features.device)[labels]  # [H, W]
-            onehot = F.one_hot(ids, logits.size(-1)).permute(2, 0, 1)[None].float()  # [1, P, H, W]
-            share = F.interpolate(onehot, size=(height, width), mode="area")[0].flatten(1).T  # [h*w, P]
-            losses.append(-(share * F.log_softmax(logits, dim=-1)).sum(-1).mean())
+        grid_shares = label_shares(sample, (rows * side, cols * side))  # [P, rows*g, cols*g] each
+        whole_shares = label_shares(sample, (side, side)) if len(tiles) > rows * cols else None  # the thumbnail
+        for which, logits in enumerate(self.aids["image_tokens"](tokens)):  # [n, g*g, P]
+            share = grid_shares[which].unflatten(1, (rows, side)).unflatten(3, (cols, side))  # [P, r, g, c, g]
+            per_tile = share.permute(1, 3, 2, 4, 0).reshape(rows * cols, side * side, -1)  # [r*c, g*g, P]
+            if whole_shares is not None:
+                per_tile = torch.cat([per_tile, whole_shares[which].flatten(1).T[None]])
+            losses.append(soft_cross_entropy(logits.flatten(0, 1), per_tile.to(logits.device).flatten(0, 1)))
         return sum(losses)
 
     def _prompted_mask_loss(self, out: dict[str, torch.Tensor], labels: np.ndarray, ids) -> torch.Tensor:
