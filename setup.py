@@ -52,7 +52,7 @@ setup(
             "sa2va-ground=sa2va_ros.cli.ground:main",
             "sa2va-convert=sa2va_ros.cli.convert:main",
             "sa2va-train=sa2va_ros.cli.train:main",
-            "sa2va_node=sa2va_ros.node:main",
+            "sa2va_node=sa2va_ros.ros.node:main",
             "sa2va-make-bag=sa2va_ros.cli.make_bag:main",
             "sa2va-bag-eval=sa2va_ros.cli.bag_eval:main",
             "sa2va-eval=sa2va_ros.cli.eval:main",

@@ -48,7 +48,7 @@ def run_node(model_path: str | None, threads: int, parameters: dict[str, Any]) -
     import torch
     from rclpy.parameter import Parameter
 
-    from sa2va_ros.node import Sa2VANode, load_model
+    from sa2va_ros.ros.node import Sa2VANode, load_model
 
     torch.set_num_threads(threads)
     if model_path:

@@ -114,7 +114,7 @@ def resolve(value: Any, launch_arguments: dict[str, dict[str, Any]]) -> str:
 def test_the_launched_executable_is_the_packages_node_entry_point(
     description: LaunchDescription, setup_kwargs: dict[str, Any]
 ) -> None:
-    from sa2va_ros import node
+    from sa2va_ros.ros import node
 
     launched = the_node(description).kwargs
     assert launched["package"] == setup_kwargs["name"] == "sa2va_ros"
@@ -122,7 +122,7 @@ def test_the_launched_executable_is_the_packages_node_entry_point(
     scripts = dict(
         (part.strip() for part in entry.split("=")) for entry in setup_kwargs["entry_points"]["console_scripts"]
     )
-    assert scripts.get(node.EXECUTABLE) == "sa2va_ros.node:main", "setup.py must install the sa2va_node script"
+    assert scripts.get(node.EXECUTABLE) == "sa2va_ros.ros.node:main", "setup.py must install the sa2va_node script"
     assert callable(node.main)
 
 
@@ -139,7 +139,7 @@ def test_the_parameter_file_is_the_installed_config(
 
 
 def test_remappings_name_the_nodes_topics(description: LaunchDescription) -> None:
-    from sa2va_ros import node
+    from sa2va_ros.ros import node
 
     launch_arguments = arguments(description)
     remappings = {source: resolve(target, launch_arguments) for source, target in the_node(description).kwargs[

@@ -30,9 +30,9 @@ from rosbags.highlevel import AnyReader  # noqa: E402
 
 from sa2va_ros.cli import bag_eval  # noqa: E402
 from sa2va_ros.eval.bags import BagTopics, evaluate_bag, typestore_with_results, write_synthetic_bag  # noqa: E402
-from sa2va_ros.live_replay import evaluate_bag_live  # noqa: E402
 from sa2va_ros.model.presets import tiny_model  # noqa: E402
-from sa2va_ros.node import Sa2VANode  # noqa: E402
+from sa2va_ros.ros.live_replay import evaluate_bag_live  # noqa: E402
+from sa2va_ros.ros.node import Sa2VANode  # noqa: E402
 from sa2va_ros.ros_io import decode_label_mask, stamp_to_ns  # noqa: E402
 from sa2va_ros.tracking import TrackerConfig  # noqa: E402
 

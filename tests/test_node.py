@@ -44,8 +44,8 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 
 from sa2va_ros.model.presets import tiny_model  # noqa: E402
-from sa2va_ros.node import Sa2VANode  # noqa: E402
 from sa2va_ros.node_params import ParameterError, validate_parameters  # noqa: E402
+from sa2va_ros.ros.node import Sa2VANode  # noqa: E402
 from sa2va_ros.ros_io import decode_label_mask, qos_profile_from_params, qos_profile_from_preset  # noqa: E402
 from sa2va_ros.synthetic import sample_referring_video  # noqa: E402
 from sa2va_ros.targets_schema import parse_targets  # noqa: E402
@@ -470,7 +470,7 @@ def test_the_backend_is_loaded_at_configure_and_a_failure_is_one_line(
     harness_factory: Callable, node_factory: Callable, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """An empty engine cache means minutes of export/build: configure pays it, activate reuses the parts."""
-    import sa2va_ros.node as node_module
+    import sa2va_ros.ros.node as node_module
     from sa2va_ros.runtime import BackendUnavailableError
 
     calls = []
@@ -537,10 +537,10 @@ def test_valid_parameters_map_onto_the_pipeline_and_tracker() -> None:
 
 @contextlib.contextmanager
 def node_process(namespace: str, *ros_args: str) -> Iterator[subprocess.Popen]:
-    """``python -m sa2va_ros.node`` with the package's parameter file (+ ``ros_args``) in ``namespace``; stopped
+    """``python -m sa2va_ros.ros.node`` with the package's parameter file (+ ``ros_args``) in ``namespace``; stopped
     (killed if it must be) on exit, after which its output must name the model and hold no traceback."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "sa2va_ros.node", "--ros-args", "--params-file", str(REPO / "config" / "sa2va.yaml"),
+        [sys.executable, "-m", "sa2va_ros.ros.node", "--ros-args", "--params-file", str(REPO / "config" / "sa2va.yaml"),
          "-p", "device:=cpu", "-p", "torch_threads:=1", "-r", f"__ns:={namespace}", *ros_args],
         # other test modules set ROS_DOMAIN_ID at import too: give the child this module's domain explicitly
         env={**os.environ, "PYTHONPATH": str(REPO), "ROS_DOMAIN_ID": str(ROS_DOMAIN_ID),

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.live:
         if args.running_node and (args.model or args.params_file):
             parser.error("--model and --params-file configure the node started here, not a --running-node")
-        from sa2va_ros.live_replay import evaluate_bag_live
+        from sa2va_ros.ros.live_replay import evaluate_bag_live
 
         node_parameters = {"device": args.device}
         if args.model is not None:

@@ -12,7 +12,7 @@ the next frame ("lockstep"), so accuracy does not depend on the machine's speed.
 bag's rate with the node's latest-frame-wins mailbox: slow processing drops frames and delays masks, as live.
 Outputs are matched to ground truth by header stamp; a ground-truth frame whose camera frame was dropped is
 scored against the latest earlier result (what a planner would hold then). The live replay through the running
-node (``sa2va_ros.live_replay``, rclpy) fills the same ``ReplayRecord`` and writes the same summary and report.
+node (``sa2va_ros.ros.live_replay``, rclpy) fills the same ``ReplayRecord`` and writes the same summary and report.
 """
 
 from __future__ import annotations

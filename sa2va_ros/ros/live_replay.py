@@ -52,7 +52,7 @@ from sa2va_ros.eval.bags import (
     typestore_with_results,
     write_replay_summary,
 )
-from sa2va_ros.node import (
+from sa2va_ros.ros.node import (
     ANSWER_TOPIC,
     COMMAND_TOPIC,
     COMPRESSED_IMAGE_TOPIC,
