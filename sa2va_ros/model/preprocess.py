@@ -57,6 +57,11 @@ def closest_grid(
     return best
 
 
+def tile_grid(width: int, height: int, min_tiles: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
+    """The (columns, rows) grid ``dynamic_tiles`` cuts a ``width`` x ``height`` image into."""
+    return closest_grid(width, height, candidate_grids(min_tiles, max_tiles), tile_size)
+
+
 def dynamic_tiles(
     image: Image.Image,
     min_tiles: int = 1,
@@ -65,7 +70,7 @@ def dynamic_tiles(
     use_thumbnail: bool = True,
 ) -> list[Image.Image]:
     """Resize to the closest grid and cut into ``tile_size`` tiles; add a thumbnail when more than one tile."""
-    cols, rows = closest_grid(image.width, image.height, candidate_grids(min_tiles, max_tiles), tile_size)
+    cols, rows = tile_grid(image.width, image.height, min_tiles, max_tiles, tile_size)
     resized = image.resize((tile_size * cols, tile_size * rows))
     tiles = [
         resized.crop((c * tile_size, r * tile_size, (c + 1) * tile_size, (r + 1) * tile_size))

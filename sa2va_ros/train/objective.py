@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sa2va_ros.model import Sa2VA
-from sa2va_ros.model.preprocess import candidate_grids, closest_grid, dynamic_tiles, tiles_to_tensor, to_pil
+from sa2va_ros.model.preprocess import dynamic_tiles, tile_grid, tiles_to_tensor, to_pil
 from sa2va_ros.synthetic.language import Description, absent_answer, join_phrases, segmentation_answer
 from sa2va_ros.synthetic.vocabulary import CLASSES, COLOURS
 
@@ -278,9 +278,7 @@ class Sa2VAObjective(nn.Module):
         tiles = dynamic_tiles(image, cfg.min_dynamic_patch, cfg.max_dynamic_patch, tile, cfg.use_thumbnail)
         tokens = self.model._internvl_tile_features(tiles_to_tensor(tiles, tile))  # [n, g*g, D]
         side = round(tokens.size(1) ** 0.5)
-        cols, rows = closest_grid(
-            image.width, image.height, candidate_grids(cfg.min_dynamic_patch, cfg.max_dynamic_patch), tile
-        )
+        cols, rows = tile_grid(image.width, image.height, cfg.min_dynamic_patch, cfg.max_dynamic_patch, tile)
         losses = []
         grid_shares = label_shares(sample, (rows * side, cols * side))  # [P, rows*g, cols*g] each
         whole_shares = label_shares(sample, (side, side)) if len(tiles) > rows * cols else None  # the thumbnail
