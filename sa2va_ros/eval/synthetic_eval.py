@@ -4,7 +4,9 @@ Referring images: gIoU / cIoU of the union of predicted masks vs the union of ta
 ground on the first frame (the keyframe), then track with the streaming tracker; J, F and J&F. Absent
 targets: the share of answers with no ``[SEG]``. A diagnostic of the model's SAM-2 alone: one random point
 inside each visible object, the IoU of the candidate mask SAM-2 selects and of its best candidate (a gap means
-the IoU head picks badly; both low means SAM-2 does not delineate objects yet).
+the IoU head picks badly; both low means SAM-2 does not delineate objects yet). A diagnostic of identification:
+single-target attribute expressions split by whether an object of the target's colour but another class is in
+view (only class tells them apart), with the IoU and how often the mask sits mostly on the target.
 
     python -m sa2va_ros.eval.synthetic_eval --model sa2va_ros/assets/sa2va_tiny --images 200 --videos 50
 """
@@ -91,6 +93,31 @@ def _iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return float((pred & truth).sum() / max((pred | truth).sum(), 1))
 
 
+def evaluate_same_colour_distractors(
+    model: Any, split: str, count: int, size: tuple[int, int], seed0: int = 0
+) -> dict[str, dict[str, float | None]]:
+    """Per group of ``count`` attribute expressions ("with" / "without" a visible object of the target's colour
+    and another class): mean IoU, and the share of masks that overlap the target more than any other object."""
+    groups: dict[str, list[tuple[float, bool]]] = {"with_same_colour": [], "without_same_colour": []}
+    for i in tqdm(range(count), desc=f"distractors/{split}", leave=False):
+        sample = sample_referring_image(seed0 + i, split=split, size=size, kind="attribute")
+        target = sample.objects[sample.target_ids[0]]
+        visible = [o for o in sample.objects if (sample.labels == o.index + 1).any()]
+        confusable = any(o.colour == target.colour and o.cls != target.cls for o in visible)
+        predicted = _union(model.ground([sample.image], "<image>\n" + sample.prompt).masks[:, 0], sample.mask.shape)
+        overlaps = {o.index: int((predicted & (sample.labels == o.index + 1)).sum()) for o in visible}
+        on_target = overlaps.get(target.index, 0) > 0 and overlaps[target.index] == max(overlaps.values())
+        groups["with_same_colour" if confusable else "without_same_colour"].append(
+            (_iou(predicted, sample.mask), on_target)
+        )
+    summary: dict[str, dict[str, float | None]] = {}
+    for name, rows in groups.items():
+        ious, hits = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+        summary[name] = {"count": len(rows), "iou": float(ious.mean()) if rows else None,
+                         "on_target": float(hits.mean()) if rows else None}  # None: no such expression drawn
+    return summary
+
+
 def evaluate_videos(
     model: Any, split: str, count: int, size: tuple[int, int], frames: int, seed0: int = 0
 ) -> dict[str, float]:
@@ -124,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--absent", type=int, default=100)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--point-images", type=int, default=30, help="images for the SAM-2 point-prompt diagnostic")
+    parser.add_argument("--distractor-images", type=int, default=60,
+                        help="attribute expressions for the same-colour distractor diagnostic")
     parser.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="write the scores here")
@@ -141,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_absent": evaluate_absent(model, "test", args.absent, size),
         "test_videos": evaluate_videos(model, "test", args.videos, size, args.frames),
         "sam2_point_prompts": evaluate_point_prompts(model, "test", args.point_images, size),
+        "test_same_colour_distractors": evaluate_same_colour_distractors(model, "test", args.distractor_images, size),
     }
     scores["seconds"] = round(time.monotonic() - started, 1)
     text = json.dumps(scores, indent=2)
