@@ -82,6 +82,21 @@ def identifiable_objects(sample: TrainSample) -> list[int]:
             if 0 < i <= len(sample.names) and n >= MIN_OBJECT_PIXELS and counts[sample.names[i - 1]] == 1]
 
 
+def present_subject(sample: TrainSample) -> Description | None:
+    """An object of frame 0 that one phrase names (torch's RNG, as ``absent_subject``): in the same proportions as
+    there, 75 % by colour + class, else by class alone when no other object has its class ("the ball"), so that
+    neither form of the phrase gives the answer away. None when no object is identifiable."""
+    objects = [sample.names[i - 1] for i in identifiable_objects(sample)]
+    classes = Counter(cls for _, cls in sample.names)
+    alone = [cls for _, cls in objects if classes[cls] == 1]
+    if not objects:
+        return None
+    if alone and torch.rand(()) >= 0.75:
+        return Description(alone[int(torch.randint(len(alone), ()))])
+    colour, cls = objects[int(torch.randint(len(objects), ()))]
+    return Description(cls, colour)
+
+
 def absent_subject(names: tuple[tuple[str, str], ...]) -> Description:
     """Something the scene lacks (drawn with torch's RNG, so a resumed run repeats it): 75 % a class of the scene
     in a colour none of its objects of that class has (the hard case), else a class with no object at all."""
@@ -244,13 +259,12 @@ class Sa2VAObjective(nn.Module):
         """From-scratch aid: ``presence_prompts`` requests on frame 0, each for an object that is there ("Sure,
         [SEG].") or, as often, for one that is not ("There is no purple mug."): mostly a present class in a colour
         it does not have here, else a class absent from the scene. Balanced, unlike the world's few absent
-        phrases, so the answer has to come from the image: the next-token CE of each answer."""
-        pairs = [sample.names[i - 1] for i in identifiable_objects(sample)]
-        present = [Description(cls, colour) for colour, cls in pairs]
+        phrases, and in both cases a quarter named by class alone, so the answer has to come from the image (with
+        only absent ones so named, the model learnt to refuse "the ball"): the next-token CE of each answer."""
         losses = []
         for _ in range(self.config.presence_prompts):
-            if present and torch.rand(()) < 0.5:
-                subject = present[int(torch.randint(len(present), ()))]
+            subject = present_subject(sample) if torch.rand(()) < 0.5 else None
+            if subject is not None:
                 answer = segmentation_answer([f"the {subject.noun}"], bare=False)
             else:
                 subject = absent_subject(sample.names)
