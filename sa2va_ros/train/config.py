@@ -78,9 +78,6 @@ class TrainConfig:
     # From-scratch aid: the same read-out (own prototypes) on the LLM's image tokens of frame 0, per cell of each
     # tile and of the thumbnail, so the vision tower carries colour and class to the LLM; 0 turns it off.
     image_token_semantic_weight: float = 0.0
-    # From-scratch aid: the LLM's image tokens also read out where their cell is (SAM-2's positional encoding of its
-    # centre), so that a [SEG] can take its object's place from them; 0 turns it off.
-    image_token_position_weight: float = 0.0
     # Expression-kind weights of the synthetic world overriding its defaults (e.g. more absent targets).
     kind_weights: dict[str, float] = field(default_factory=dict)
     # What trains: "full" (tiny models from scratch) or "official" (freeze encoders + LLM base, LoRA on the LLM,
@@ -110,8 +107,8 @@ class TrainConfig:
             problems.append("sam_warmup_steps needs point_prompts > 0")
         if self.sam_warmup_steps >= self.steps:
             problems.append("sam_warmup_steps must be smaller than steps")
-        if min(self.semantic_weight, self.image_token_semantic_weight, self.image_token_position_weight) < 0:
-            problems.append("semantic_weight, image_token_semantic_weight and image_token_position_weight must be >= 0")
+        if self.semantic_weight < 0 or self.image_token_semantic_weight < 0:
+            problems.append("semantic_weight and image_token_semantic_weight must be >= 0")
         if self.align_weight < 0 or self.location_weight < 0 or self.align_temperature <= 0:
             problems.append("align_weight and location_weight must be >= 0 and align_temperature > 0")
         if unknown := set(self.kind_weights) - set(EXPRESSION_KINDS):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,19 +37,6 @@ def label_shares(sample: TrainSample, size: tuple[int, int]) -> tuple[torch.Tens
         onehot = F.one_hot(lookup[labels], count).permute(2, 0, 1)[None].float()  # [1, P, H, W]
         shares.append(F.interpolate(onehot, size=size, mode="area")[0])
     return shares[0], shares[1]
-
-
-def cell_centres(size: tuple[int, int]) -> torch.Tensor:
-    """``[2, h, w]``: (x, y) of each cell's centre of a ``size`` grid over the image, in [0, 1]."""
-    ys, xs = ((torch.arange(n) + 0.5) / n for n in size)
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"))
-
-
-def tile_token_order(grid: torch.Tensor, rows: int, cols: int, side: int) -> torch.Tensor:
-    """Values on the ``[P, rows*g, cols*g]`` grid of ``rows`` x ``cols`` tiles of ``g`` x ``g`` tokens, in the
-    order InternVL's tiles give their tokens (tile by tile, row-major, each row-major): ``[rows*cols, g*g, P]``."""
-    cells = grid.unflatten(1, (rows, side)).unflatten(3, (cols, side))  # [P, r, g, c, g]
-    return cells.permute(1, 3, 2, 4, 0).reshape(rows * cols, side * side, -1)
 
 
 def soft_cross_entropy(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
@@ -156,11 +142,9 @@ class Sa2VAObjective(nn.Module):
         aids = {}  # training-only heads: saved with the optimizer state, never with the model
         if config.semantic_weight:
             aids["semantic"] = SemanticPrototypes(model.text_hidden_fcs[-2].out_features, config.align_temperature)
-        hidden = model.mllm.config.get_text_config().hidden_size
         if config.image_token_semantic_weight:
+            hidden = model.mllm.config.get_text_config().hidden_size
             aids["image_tokens"] = SemanticPrototypes(hidden, config.align_temperature)
-        if config.image_token_position_weight:
-            aids["image_token_positions"] = nn.Linear(hidden, model.text_hidden_fcs[-2].out_features)
         self.aids = nn.ModuleDict(aids)
 
     def forward(self, sample: TrainSample, language: bool = True) -> dict[str, torch.Tensor]:
@@ -177,11 +161,10 @@ class Sa2VAObjective(nn.Module):
         )
         losses["points"] = points
         losses["semantic"] = self._semantic_map_loss(sample, frame0) if cfg.semantic_weight else zero
-        losses["image_tokens"], losses["image_token_positions"] = self._image_token_losses(sample)
-        aids = (cfg.semantic_weight * losses["semantic"] + cfg.image_token_semantic_weight * losses["image_tokens"]
-                + cfg.image_token_position_weight * losses["image_token_positions"])
+        losses["image_tokens"] = self._image_token_loss(sample) if cfg.image_token_semantic_weight else zero
+        aids = cfg.semantic_weight * losses["semantic"] + cfg.image_token_semantic_weight * losses["image_tokens"]
         if not language:
-            losses["total"] = points + aids if self.aids else points
+            losses["total"] = points + aids if cfg.semantic_weight or cfg.image_token_semantic_weight else points
             return losses
         losses["ce"], seg_hidden = self._answer_pass(sample.prompt, sample.frames, sample.answer)
         if seg_hidden.size(0) != len(sample.masks):
@@ -304,45 +287,27 @@ class Sa2VAObjective(nn.Module):
         logits = self.aids["semantic"](features)  # [h*w, P] each
         return sum(soft_cross_entropy(lg, sh.to(lg.device).flatten(1).T) for lg, sh in zip(logits, shares, strict=True))
 
-    def _image_token_losses(self, sample: TrainSample) -> tuple[torch.Tensor, torch.Tensor]:
-        """From-scratch aids on the LLM's image tokens of frame 0 (each tile's and the thumbnail's), each token
-        about its own cell of the frame: (1) the share of each colour and class there, as SAM-2's features read
-        out, so that the vision tower shows the LLM what the phrases name (whether "the purple mug" is there at
-        all is the LLM's call); (2) where the cell is, SAM-2's positional encoding of its centre read out by a
-        linear head (1 - cosine), so that a ``[SEG]`` can take its object's place from the token it attends to.
-        Each is 0 when its weight is."""
-        cfg, zero = self.model.config, torch.zeros((), device=next(self.model.parameters()).device)
-        if not (self.config.image_token_semantic_weight or self.config.image_token_position_weight):
-            return zero, zero
+    def _image_token_loss(self, sample: TrainSample) -> torch.Tensor:
+        """From-scratch aid: the LLM's image tokens of frame 0 (each tile's and the thumbnail's) read out the share
+        of each colour and class in their cell, as SAM-2's features do, so that the vision tower shows the LLM what
+        the phrases name (whether "the purple mug" is there at all is the LLM's call)."""
+        cfg = self.model.config
         image = to_pil(sample.frames[0])
         tile = cfg.force_image_size
         tiles = dynamic_tiles(image, cfg.min_dynamic_patch, cfg.max_dynamic_patch, tile, cfg.use_thumbnail)
         tokens = self.model._internvl_tile_features(tiles_to_tensor(tiles, tile))  # [n, g*g, D]
         side = round(tokens.size(1) ** 0.5)
         cols, rows = tile_grid(image.width, image.height, cfg.min_dynamic_patch, cfg.max_dynamic_patch, tile)
-        thumbnail = len(tiles) > rows * cols
-
-        def per_token(grid: Callable[[tuple[int, int]], torch.Tensor]) -> torch.Tensor:
-            """``grid(size)`` ``[P, h, w]`` over the frame -> ``[n, g*g, P]``, each token's own cell."""
-            cells = tile_token_order(grid((rows * side, cols * side)), rows, cols, side)
-            if thumbnail:
-                cells = torch.cat([cells, grid((side, side)).flatten(1).T[None]])
-            return cells.to(tokens.device)
-
-        semantic = position = zero
-        if self.config.image_token_semantic_weight:
-            logits = self.aids["image_tokens"](tokens)  # ([n, g*g, 1 + colours], [n, g*g, 1 + classes])
-            shares = per_token(lambda size: torch.cat(label_shares(sample, size)))  # [n, g*g, both]
-            shares = shares.split([1 + len(COLOURS), 1 + len(CLASSES)], dim=-1)
-            semantic = sum(soft_cross_entropy(lg.flatten(0, 1), sh.flatten(0, 1))
-                           for lg, sh in zip(logits, shares, strict=True))
-        if self.config.image_token_position_weight:
-            pe_layer = self.model.grounding_encoder.sam_prompt_encoder.pe_layer
-            centres = per_token(cell_centres)  # [n, g*g, 2], x and y in [0, 1]
-            target = pe_layer.forward_with_coords(centres, (1, 1))  # [n, g*g, C]; (1, 1): already normalised
-            read = self.aids["image_token_positions"](tokens.float())  # [n, g*g, C]
-            position = (1 - F.cosine_similarity(read, target, dim=-1)).mean()
-        return semantic, position
+        losses = []
+        grid_shares = label_shares(sample, (rows * side, cols * side))  # [P, rows*g, cols*g] each
+        whole_shares = label_shares(sample, (side, side)) if len(tiles) > rows * cols else None  # the thumbnail
+        for which, logits in enumerate(self.aids["image_tokens"](tokens)):  # [n, g*g, P]
+            share = grid_shares[which].unflatten(1, (rows, side)).unflatten(3, (cols, side))  # [P, r, g, c, g]
+            per_tile = share.permute(1, 3, 2, 4, 0).reshape(rows * cols, side * side, -1)  # [r*c, g*g, P]
+            if whole_shares is not None:
+                per_tile = torch.cat([per_tile, whole_shares[which].flatten(1).T[None]])
+            losses.append(soft_cross_entropy(logits.flatten(0, 1), per_tile.to(logits.device).flatten(0, 1)))
+        return sum(losses)
 
     def _prompted_mask_loss(self, out: dict[str, torch.Tensor], labels: np.ndarray, ids) -> torch.Tensor:
         """Best-candidate BCE + Dice, IoU head and object score of prompted frame-0 masks of objects ``ids``."""
