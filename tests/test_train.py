@@ -70,10 +70,10 @@ def test_objective_supervises_answer_tokens_and_every_seg(tmp_path):
     objective = Sa2VAObjective(model, config).train()
     sample = synthetic_sample(3, 0, {"video": 1.0}, (48, 64), 2)
     losses = objective(sample)
-    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "location", "objects", "presence",
-                           "points", "semantic", "image_tokens", "total"}
+    assert set(losses) == {"ce", "bce", "dice", "object_score", "iou", "align", "objects", "presence", "points",
+                           "semantic", "image_tokens", "total"}
     assert losses["points"].item() == 0.0  # point prompts are off unless configured
-    assert losses["align"].item() == losses["location"].item() == 0.0  # so are the alignment losses
+    assert losses["align"].item() == 0.0  # so is the alignment loss
     assert all(torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
     assert model.text_hidden_fcs[0].weight.grad is not None
@@ -167,33 +167,6 @@ def test_alignment_loss_rewards_the_phrase_s_object_locations(tmp_path):
     torch.testing.assert_close(losses["total"], expected)
 
 
-def test_location_loss_rewards_a_seg_vector_that_says_where_its_object_is(tmp_path):
-    config = _config(tmp_path, location_weight=0.5)
-    objective = Sa2VAObjective(build_model(config), config)
-    pe = objective.model.grounding_encoder.sam_prompt_encoder.get_dense_pe().detach()[0]  # [C, h, w]
-    _, h, w = pe.shape
-    masks = torch.zeros(1, 1, 4 * h, 4 * w)
-    masks[..., : 4 * (h // 3), : 4 * (w // 3)] = 1  # the object: the top-left ninth of the image
-
-    def loss(query: torch.Tensor) -> torch.Tensor:
-        return objective._location_loss(query, masks)
-
-    here, there = pe[:, h // 6, w // 6][None], pe[:, -1, -1][None]  # the object's centre, the far corner
-    assert loss(here) < loss(torch.randn(1, pe.size(0))) < loss(there)
-    query = there.clone().requires_grad_(True)
-    loss(query).backward()
-    assert query.grad.abs().sum() > 0  # the [SEG] vector learns from it
-    assert objective._location_loss(here, torch.zeros_like(masks)).item() == 0.0  # target not on this frame
-
-    sample = synthetic_sample(1, 0, {"image": 1.0}, (48, 64), 2)
-    losses = objective(sample)
-    if "[SEG]" in sample.answer:
-        assert losses["location"].item() > 0 and losses["align"].item() == 0.0
-    expected = (losses["ce"] + 2 * losses["bce"] + 0.5 * losses["dice"] + losses["object_score"] + losses["iou"]
-                + 0.5 * losses["location"])
-    torch.testing.assert_close(losses["total"], expected)
-
-
 def _recording_objective(tmp_path, monkeypatch, **fields):
     """A tiny objective whose LLM passes are recorded as (prompt, answer), and an image sample with 2+ objects."""
     config = _config(tmp_path, **fields)
@@ -209,7 +182,7 @@ def _recording_objective(tmp_path, monkeypatch, **fields):
 
 def test_object_prompts_name_every_identifiable_object(tmp_path, monkeypatch):
     model, objective, sample, passes = _recording_objective(
-        tmp_path, monkeypatch, object_prompts=3, object_prompt_weight=0.5, align_weight=1.0, location_weight=1.0
+        tmp_path, monkeypatch, object_prompts=3, object_prompt_weight=0.5, align_weight=1.0
     )
     losses = objective(sample)
     assert losses["objects"].item() > 0
@@ -218,7 +191,7 @@ def test_object_prompts_name_every_identifiable_object(tmp_path, monkeypatch):
     assert phrase_prompt.startswith("<image>\nPlease segment the ") and any(n in phrase_prompt for n in named)
     assert 1 <= phrase_answer.count("[SEG]") <= 3
     expected = (losses["ce"] + 2 * losses["bce"] + 0.5 * losses["dice"] + losses["object_score"] + losses["iou"]
-                + losses["align"] + losses["location"] + 0.5 * losses["objects"])
+                + losses["align"] + 0.5 * losses["objects"])
     torch.testing.assert_close(losses["total"], expected)
     model.zero_grad()
     losses["objects"].backward()
@@ -358,8 +331,7 @@ def test_loss_decreases_on_a_repeated_sample(tmp_path):
 
 
 @pytest.mark.parametrize("aids", [{}, {"object_prompts": 2, "semantic_weight": 1.0, "align_weight": 1.0,
-                                        "location_weight": 1.0, "presence_prompts": 1,
-                                        "image_token_semantic_weight": 1.0}],
+                                          "presence_prompts": 1, "image_token_semantic_weight": 1.0}],
                          ids=["recipe", "from-scratch-aids"])
 def test_resume_is_exact(tmp_path, aids):
     config = _config(tmp_path, **aids)

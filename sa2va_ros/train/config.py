@@ -61,9 +61,6 @@ class TrainConfig:
     # so the decoder's token-to-image attention has a signal to find *which* object the phrase means.
     align_weight: float = 0.0
     align_temperature: float = 10.0
-    # From-scratch aid: the same alignment with the positional encoding alone, so that [SEG] carries where its
-    # object is (what a point prompt tells the decoder) and not only what it looks like; 0 turns it off.
-    location_weight: float = 0.0
     # From-scratch aid: per sample, one more phrase naming up to ``object_prompts`` objects of frame 0 that colour
     # and class identify, each with its mask (+ alignment), weighted by ``object_prompt_weight``.
     object_prompts: int = 0
@@ -109,8 +106,8 @@ class TrainConfig:
             problems.append("sam_warmup_steps must be smaller than steps")
         if self.semantic_weight < 0 or self.image_token_semantic_weight < 0:
             problems.append("semantic_weight and image_token_semantic_weight must be >= 0")
-        if self.align_weight < 0 or self.location_weight < 0 or self.align_temperature <= 0:
-            problems.append("align_weight and location_weight must be >= 0 and align_temperature > 0")
+        if self.align_weight < 0 or self.align_temperature <= 0:
+            problems.append("align_weight must be >= 0 and align_temperature > 0")
         if unknown := set(self.kind_weights) - set(EXPRESSION_KINDS):
             problems.append(f"kind_weights: unknown kinds {sorted(unknown)}; known: {', '.join(EXPRESSION_KINDS)}")
         if any(v < 0 for v in self.kind_weights.values()):

@@ -156,9 +156,7 @@ class Sa2VAObjective(nn.Module):
         if cfg.point_prompts or cfg.semantic_weight or (language and cfg.object_prompts):
             frame0 = sam.encode_frame(sam.preprocess(sample.frames[:1]).to(zero.device))
         points = self._point_prompt_losses(sample, frame0) if cfg.point_prompts else zero
-        losses = dict.fromkeys(
-            ("ce", "bce", "dice", "object_score", "iou", "align", "location", "objects", "presence"), zero
-        )
+        losses = dict.fromkeys(("ce", "bce", "dice", "object_score", "iou", "align", "objects", "presence"), zero)
         losses["points"] = points
         losses["semantic"] = self._semantic_map_loss(sample, frame0) if cfg.semantic_weight else zero
         losses["image_tokens"] = self._image_token_loss(sample) if cfg.image_token_semantic_weight else zero
@@ -182,7 +180,6 @@ class Sa2VAObjective(nn.Module):
             + cfg.object_score_weight * (losses["object_score"] + losses["iou"])
             + cfg.point_prompt_weight * points
             + cfg.align_weight * losses["align"]
-            + cfg.location_weight * losses["location"]
             + cfg.object_prompt_weight * losses["objects"]
             + cfg.presence_prompt_weight * losses["presence"]
             + aids
@@ -253,11 +250,9 @@ class Sa2VAObjective(nn.Module):
                 F.cross_entropy(colour_logits, torch.from_numpy(colour_ids).to(ce.device))
                 + F.cross_entropy(class_logits, torch.from_numpy(class_ids).to(ce.device))
             )
-        masks = torch.from_numpy(np.stack([sample.labels == i for i in chosen])).float()[:, None].to(ce.device)
         if cfg.align_weight:
-            loss = loss + cfg.align_weight * self._alignment_loss(out["pix_feat"], embeddings, masks)
-        if cfg.location_weight:
-            loss = loss + cfg.location_weight * self._location_loss(embeddings, masks)
+            masks = torch.from_numpy(np.stack([sample.labels == i for i in chosen])).float()[:, None]
+            loss = loss + cfg.align_weight * self._alignment_loss(out["pix_feat"], embeddings, masks.to(ce.device))
         return loss
 
     def _presence_prompt_losses(self, sample: TrainSample) -> torch.Tensor:
@@ -331,7 +326,7 @@ class Sa2VAObjective(nn.Module):
         sam = self.model.grounding_encoder
         pixels = sam.preprocess(sample.frames).to(embeddings.device)  # [T, 3, S, S]
         num_cond = 1 if self.config.train_memory else len(sample.frames)
-        bce, dice, score, iou, align, location = [], [], [], [], [], []
+        bce, dice, score, iou, align = [], [], [], [], []
         encoded = {0: frame0} if frame0 else None
         for t, out in enumerate(sam.language_video_inference(pixels, embeddings, num_cond, encoded)):
             size = out["pred_masks"].shape[-2:]
@@ -339,8 +334,6 @@ class Sa2VAObjective(nn.Module):
             target = F.interpolate(full.to(embeddings.device), size=size, mode="area")[:, 0]  # [N, h, w]
             if t < num_cond and self.config.align_weight:
                 align.append(self._alignment_loss(out["pix_feat"], embeddings, full.to(embeddings.device)))
-            if t < num_cond and self.config.location_weight:
-                location.append(self._location_loss(embeddings, full.to(embeddings.device)))
             frame_bce, frame_dice = best_candidate_losses(  # M = 3 on conditioning frames, 1 when tracked
                 out["multimask_logits"].float(), target, self.config.bce_weight, self.config.dice_weight
             )
@@ -356,27 +349,14 @@ class Sa2VAObjective(nn.Module):
             "object_score": torch.stack(score).mean(),
             "iou": torch.stack(iou).mean(),
             "align": torch.stack(align).mean() if align else embeddings.new_zeros(()),
-            "location": torch.stack(location).mean() if location else embeddings.new_zeros(()),
         }
 
     def _alignment_loss(self, pix_feat: torch.Tensor, embeddings: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Grid alignment of each ``[SEG]`` vector with SAM-2's image embedding + positional encoding, the keys of
-        the decoder's attention. ``pix_feat`` ``[N, C, h, w]``, ``embeddings`` ``[N, C]``,
-        ``masks`` ``[N, 1, H, W]``."""
-        keys = pix_feat + self.model.grounding_encoder.sam_prompt_encoder.get_dense_pe()  # [N, C, h, w]
-        return self._grid_alignment(keys, embeddings, masks)
-
-    def _location_loss(self, embeddings: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Grid alignment of each ``[SEG]`` vector with the positional encoding alone, so that it says *where* its
-        object is, as a point prompt does; matching the image embedding alone lets a phrase light up every object
-        of its colour, and leaves "left of" and "the biggest" nothing to act on. ``embeddings`` ``[N, C]``,
-        ``masks`` ``[N, 1, H, W]``."""
-        pe = self.model.grounding_encoder.sam_prompt_encoder.get_dense_pe()  # [1, C, h, w], fixed
-        return self._grid_alignment(pe.expand(embeddings.size(0), -1, -1, -1), embeddings, masks)
-
-    def _grid_alignment(self, keys: torch.Tensor, embeddings: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy between each target's share of the ``keys`` grid ``[N, C, h, w]`` and a softmax over
-        locations of ``temperature x cos([SEG] vector, key)``; targets absent on the frame skip it."""
+        """Cross-entropy between each target's share of the image-embedding grid and a softmax over locations of
+        ``temperature x cos([SEG] vector, embedding + positional encoding)``; targets absent on the frame skip it.
+        ``pix_feat`` ``[N, C, h, w]``, ``embeddings`` ``[N, C]``, ``masks`` ``[N, 1, H, W]``."""
+        sam = self.model.grounding_encoder
+        keys = pix_feat + sam.sam_prompt_encoder.get_dense_pe()  # [N, C, h, w], as the decoder's keys
         cos = torch.einsum("nc,nchw->nhw", F.normalize(embeddings, dim=-1), F.normalize(keys, dim=1))
         target = F.interpolate(masks, size=cos.shape[-2:], mode="area")[:, 0].flatten(1)  # [N, hw]
         present = target.sum(-1) > 0
