@@ -102,7 +102,8 @@ def evaluate_same_colour_distractors(
     for i in tqdm(range(count), desc=f"distractors/{split}", leave=False):
         sample = sample_referring_image(seed0 + i, split=split, size=size, kind="attribute")
         target = sample.objects[sample.target_ids[0]]
-        visible = [o for o in sample.objects if (sample.labels == o.index + 1).any()]
+        in_view = set(np.unique(sample.labels).tolist())
+        visible = [o for o in sample.objects if o.index + 1 in in_view]
         confusable = any(o.colour == target.colour and o.cls != target.cls for o in visible)
         predicted = _union(model.ground([sample.image], "<image>\n" + sample.prompt).masks[:, 0], sample.mask.shape)
         overlaps = {o.index: int((predicted & (sample.labels == o.index + 1)).sum()) for o in visible}

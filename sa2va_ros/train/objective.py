@@ -87,10 +87,10 @@ def present_subject(sample: TrainSample) -> Description | None:
     there, 75 % by colour + class, else by class alone when no other object has its class ("the ball"), so that
     neither form of the phrase gives the answer away. None when no object is identifiable."""
     objects = [sample.names[i - 1] for i in identifiable_objects(sample)]
-    classes = Counter(cls for _, cls in sample.names)
-    alone = [cls for _, cls in objects if classes[cls] == 1]
     if not objects:
         return None
+    classes = Counter(cls for _, cls in sample.names)
+    alone = [cls for _, cls in objects if classes[cls] == 1]
     if alone and torch.rand(()) >= 0.75:
         return Description(alone[int(torch.randint(len(alone), ()))])
     colour, cls = objects[int(torch.randint(len(objects), ()))]
