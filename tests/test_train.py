@@ -331,7 +331,7 @@ def test_loss_decreases_on_a_repeated_sample(tmp_path):
 
 
 @pytest.mark.parametrize("aids", [{}, {"object_prompts": 2, "semantic_weight": 1.0, "align_weight": 1.0,
-                                          "presence_prompts": 1, "image_token_semantic_weight": 1.0}],
+                                        "presence_prompts": 1, "image_token_semantic_weight": 1.0}],
                          ids=["recipe", "from-scratch-aids"])
 def test_resume_is_exact(tmp_path, aids):
     config = _config(tmp_path, **aids)
