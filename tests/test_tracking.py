@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sa2va_ros.model.sam2_grounding import build_sam2, tiny_sam2_config
+from sa2va_ros.model.sam2_grounding import build_sam2, bundled_sam2_config, tiny_sam2_config
 from sa2va_ros.tracking import LOST, TRACKING, FrameNotBufferedError, StreamingTracker, TrackerConfig
 from sa2va_ros.tracking import tracker as tracker_module
 from sa2va_ros.tracking.reference import build_reference_predictor
@@ -430,7 +430,7 @@ def _graph_vs_eager_runs(sam: torch.nn.Module, frames: list[np.ndarray]) -> list
         results = [tracker.add_target(1, frames[0], mask=square_mask(0))]
         for t, frame in enumerate(frames[1:], start=1):
             results.append(tracker.step(frame))
-            if t == 8:  # features of frame 5 were buffered before three more replays of the graph
+            if t == 8:  # features of frame 5 were buffered before three more replays of the encoder's graph
                 results.append(tracker.add_target(2, at=5, box=(60, 10, 120, 80)))
         runs.append((tracker, results))
     return runs
@@ -438,45 +438,55 @@ def _graph_vs_eager_runs(sam: torch.nn.Module, frames: list[np.ndarray]) -> list
 
 def test_cuda_graphs_setting_leaves_cpu_tracking_unchanged(sam: torch.nn.Module) -> None:
     (_, eager_results), (graphed, graphed_results) = _graph_vs_eager_runs(sam, clip(10))
-    assert graphed.parts.cuda_graphs and not graphed.parts._graphs  # on a CPU the encoder simply runs eagerly
+    assert graphed.parts.cuda_graphs  # on a CPU the parts simply run eagerly
+    assert all(stats == {"graphs": 0, "replays": 0} for stats in graphed.parts.graph_stats().values())
     for ours, theirs in zip(graphed_results, eager_results, strict=True):
         assert all(np.array_equal(ours.logits[i], theirs.logits[i]) for i in theirs.masks)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_cuda_graph_image_encoder_replays_the_eager_encoder(sam: torch.nn.Module) -> None:
-    """Captured once, replayed every frame, buffered features copied out: logits equal eager tracking."""
-    sam_cuda = build_sam2(tiny_sam2_config(128), sa2va=False).cuda().eval()
-    sam_cuda.load_state_dict(sam.state_dict())
-    (_, eager_results), (graphed, graphed_results) = _graph_vs_eager_runs(sam_cuda, clip(12))
-    assert len(graphed.parts._graphs) == 1 and graphed.parts.cuda_graphs
+@pytest.mark.parametrize("config", ["tiny", "sam2.1_hiera_t"])
+def test_cuda_graphs_replay_the_eager_parts(config: str) -> None:
+    """Every part captured and replayed (memory attention once a memory is full), outputs copied out of the
+    graphs' shared pool: the same tracking as eager, for two targets of different ages and then in one batch, up
+    to bfloat16 rounding (under autocast a replay may differ from an eager call in the last bit of some values)."""
+    torch.manual_seed(0)
+    model_cfg = tiny_sam2_config(128) if config == "tiny" else bundled_sam2_config(config)
+    sam_cuda = build_sam2(model_cfg, sa2va=False).cuda().eval()
+    (_, eager_results), (graphed, graphed_results) = _graph_vs_eager_runs(sam_cuda, clip(30))
+    stats = graphed.parts.graph_stats()
+    assert stats["image encoder"] == {"graphs": 1, "replays": 30}, stats
+    assert all(stats[part]["graphs"] >= 1 and stats[part]["replays"] >= 8 for part in stats), stats
     worst = max(
         float(np.abs(ours.logits[i] - theirs.logits[i]).max())
         for ours, theirs in zip(graphed_results, eager_results, strict=True)
         for i in theirs.masks
     )
-    assert worst <= 1e-4, worst
-    assert all(
-        np.array_equal(ours.masks[i], theirs.masks[i])
+    assert worst <= 2e-2, worst  # logits reach ~10 here
+    differing = max(
+        float((ours.masks[i] != theirs.masks[i]).mean())
         for ours, theirs in zip(graphed_results, eager_results, strict=True)
         for i in theirs.masks
     )
+    assert differing <= 5e-3, differing  # pixels at a mask's edge, where the logit is ~0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_a_refused_capture_falls_back_to_the_eager_encoder(
+def test_a_refused_capture_falls_back_to_eager_parts(
     sam: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from sa2va_ros.runtime.torch_parts import TorchParts
+    from sa2va_ros.runtime.torch_parts import PARTS, TorchParts
 
     def refuse(*args: object) -> None:
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(TorchParts, "_capture_image_encoder", refuse)
+    monkeypatch.setattr(TorchParts, "_capture", refuse)
     sam_cuda = build_sam2(tiny_sam2_config(128), sa2va=False).cuda().eval()
     tracker = StreamingTracker(sam_cuda, TrackerConfig(cuda_graphs=True))
-    frames = clip(4)
+    frames = clip(22)  # memory attention's steady shape is met for the third time on frame 19
     tracker.add_target(1, frames[0], mask=square_mask(0))
     results = [tracker.step(frame) for frame in frames[1:]]
-    assert not tracker.parts.cuda_graphs and results[-1].masks[1].any()
-    assert sum("CUDA graph capture of the image encoder failed" in r.message for r in caplog.records) == 1
+    assert results[-1].masks[1].any()
+    assert all(stats == {"graphs": 0, "replays": 0} for stats in tracker.parts.graph_stats().values())
+    for part in PARTS:  # one warning per part, then it runs eagerly
+        assert sum(f"CUDA graph capture of the {part} failed" in r.message for r in caplog.records) == 1, part

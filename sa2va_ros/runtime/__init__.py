@@ -65,7 +65,7 @@ def load_parts(
     sam: SAM2Base, backend: str = "torch", engines_dir: str | Path | None = None, *, cuda_graphs: bool = False
 ) -> SamParts:
     """The SAM-2 parts of ``sam`` on ``backend``; ONNX files / engines come from (or are made in) ``engines_dir``.
-    ``cuda_graphs``: the torch backend replays its image encoder as a CUDA graph on CUDA.
+    ``cuda_graphs``: on CUDA the torch backend replays its parts as CUDA graphs (``TorchParts``).
 
     Raises ``BackendUnavailableError`` naming the package to install when the backend's runtime is missing.
     """

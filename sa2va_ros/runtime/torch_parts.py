@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from sam2.modeling.sam2_base import SAM2Base
@@ -19,13 +21,29 @@ def as_tokens(feature_map: torch.Tensor) -> torch.Tensor:
 
 
 LOGGER = logging.getLogger(__name__)
+PARTS = ("image encoder", "memory attention", "mask decoder", "memory encoder")
+# A part's call is captured as a CUDA graph once its signature (shapes, dtypes, settings) has been met this many
+# times: every frame repeats the image encoder's at once, and a target's memory its steady shape once it is full,
+# while the shapes a memory passes through as it fills recur only once per new target (a capture runs the part
+# twice and records it once; a replay then saves most of an eager call's time).
+CAPTURE_AFTER_CALLS = {"image encoder": 1, "memory attention": 3, "mask decoder": 3, "memory encoder": 3}
+MAX_GRAPHS = 32  # captured signatures kept (least recently replayed dropped first); they share one memory pool
+
+
+@dataclass
+class _CapturedCall:
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor | None, ...]  # the graph reads these buffers: each call's inputs are copied in
+    outputs: tuple[torch.Tensor, ...]  # in the graphs' shared pool: copied out after every replay
 
 
 class TorchParts(SamParts):
-    """SAM-2's modules in PyTorch; bit-identical to ``SAM2VideoPredictor`` on the same inputs.
+    """SAM-2's modules in PyTorch; run eagerly, bit-identical to ``SAM2VideoPredictor`` on the same inputs.
 
-    With ``cuda_graphs``, an image encoder on CUDA is captured once per input shape and precision and replayed
-    (same kernels, none of the Python launch cost that bounds a 1024² frame's encoder); elsewhere it runs eagerly.
+    With ``cuda_graphs``, each part on CUDA is captured as a CUDA graph per input signature and precision and
+    replayed (the work without the Python launch cost that bounds a frame on a GPU; see ``CAPTURE_AFTER_CALLS``).
+    Replays equal eager calls but for bfloat16 rounding in the mask decoder (bench/RESULTS_tracking.md).
+    Elsewhere, and with gradients enabled, the parts run eagerly.
     """
 
     name = "torch"
@@ -34,53 +52,88 @@ class TorchParts(SamParts):
         self.sam = sam
         self.suppress_absent_masks = suppresses_absent_masks(sam)
         self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, FrameFeatures]] = {}
+        self._graphs: OrderedDict[tuple, _CapturedCall] = OrderedDict()
+        self._calls: OrderedDict[tuple, int] = OrderedDict()  # signature -> eager calls so far (bounded too)
+        self._replays = dict.fromkeys(PARTS, 0)
+        self._refused: set[str] = set()  # parts whose capture failed: eager from then on
+        self._pool: tuple | None = None
+
+    def graph_stats(self) -> dict[str, dict[str, int]]:
+        """Per part: CUDA graphs held and replays so far (all zero when the parts run eagerly)."""
+        held = Counter(key[0] for key in self._graphs)
+        return {part: {"graphs": held[part], "replays": self._replays[part]} for part in PARTS}
 
     def encode_image(self, image: torch.Tensor) -> FrameFeatures:
-        if self.cuda_graphs and image.is_cuda:
-            return self._replay_image_encoder(image)
-        return self._encode_image(image)
+        embed, pos, *high_res = self._call("image encoder", self._encode_image, (image,))
+        return FrameFeatures(high_res=tuple(high_res), image_embed=embed, image_pos=pos)
 
-    def _encode_image(self, image: torch.Tensor) -> FrameFeatures:
+    def _encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """-> image_embed, image_pos, high-resolution maps (finest first)."""
         out = self.sam.forward_image(image)
         levels = self.sam.num_feature_levels
         maps, pos = out["backbone_fpn"][-levels:], out["vision_pos_enc"][-levels:]
-        return FrameFeatures(high_res=tuple(maps[:-1]), image_embed=maps[-1], image_pos=pos[-1])
+        return (maps[-1], pos[-1], *maps[:-1])
 
-    def _replay_image_encoder(self, image: torch.Tensor) -> FrameFeatures:
-        """The encoder as a CUDA graph; outputs are copied out of the graph's buffers (the tracker keeps them)."""
+    def _call(
+        self, part: str, fn: Callable[..., tuple[torch.Tensor, ...]], inputs: tuple, settings: tuple = ()
+    ) -> tuple[torch.Tensor, ...]:
+        """``fn(*inputs)``, replayed from a CUDA graph where one is (or now gets) captured for this signature.
+
+        ``settings`` are the Python values ``fn`` closes over (part of the signature); ``inputs`` are tensors
+        or None.
+        """
+        device = inputs[0].device
+        if not self.cuda_graphs or device.type != "cuda" or part in self._refused or torch.is_grad_enabled():
+            return fn(*inputs)
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        key = (tuple(image.shape), image.dtype, image.device, autocast)
-        if key not in self._graphs:
+        shapes = tuple(None if t is None else (tuple(t.shape), t.dtype) for t in inputs)
+        key = (part, settings, shapes, device, autocast)
+        captured = self._graphs.get(key)
+        if captured is None:
+            calls = self._calls.pop(key, 0) + 1
+            if calls < CAPTURE_AFTER_CALLS[part]:
+                self._calls[key] = calls
+                if len(self._calls) > 8 * MAX_GRAPHS:
+                    self._calls.popitem(last=False)
+                return fn(*inputs)
             try:
-                self._graphs[key] = self._capture_image_encoder(image, autocast)
-            except RuntimeError as error:  # a capture the driver or an op refuses: eager from now on
-                LOGGER.warning("CUDA graph capture of the image encoder failed (%s); running it eagerly", error)
-                self.cuda_graphs = False
-                return self._encode_image(image)
-        graph, static_input, static_output = self._graphs[key]
-        static_input.copy_(image)
-        graph.replay()
-        return FrameFeatures(
-            high_res=tuple(level.clone() for level in static_output.high_res),
-            image_embed=static_output.image_embed.clone(),
-            image_pos=static_output.image_pos.clone(),
-        )
+                captured = self._capture(fn, inputs, autocast)
+            except RuntimeError as error:  # a capture the driver or an op refuses: this part runs eagerly
+                LOGGER.warning("CUDA graph capture of the %s failed (%s); running it eagerly", part, error)
+                self._refused.add(part)
+                return fn(*inputs)
+            self._graphs[key] = captured
+            if len(self._graphs) > MAX_GRAPHS:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        for static, given in zip(captured.inputs, inputs, strict=True):
+            if static is not None:
+                static.copy_(given)
+        captured.graph.replay()
+        self._replays[part] += 1
+        return tuple(output.clone() for output in captured.outputs)
 
-    def _capture_image_encoder(
-        self, image: torch.Tensor, autocast: torch.dtype | None
-    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, FrameFeatures]:
-        static_input = image.clone()
-        side = torch.cuda.Stream(image.device)  # warm-up off the capture (lazy init, cuDNN / cuBLAS plans)
-        side.wait_stream(torch.cuda.current_stream(image.device))
+    def _capture(
+        self, fn: Callable[..., tuple[torch.Tensor, ...]], inputs: tuple, autocast: torch.dtype | None
+    ) -> _CapturedCall:
+        static = tuple(None if t is None else t.clone() for t in inputs)
+        device = inputs[0].device
+        side = torch.cuda.Stream(device)  # warm-up off the capture (lazy init, cuDNN / cuBLAS plans)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side), _uncached_autocast(autocast):
             for _ in range(2):
-                self._encode_image(static_input)
-        torch.cuda.current_stream(image.device).wait_stream(side)
+                fn(*static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with _uncached_autocast(autocast), torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            static_output = self._encode_image(static_input)
-        return graph, static_input, static_output
+        # Graphs share one pool: a replay may overwrite another graph's outputs, which are copied out at once.
+        with (
+            _uncached_autocast(autocast),
+            torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"),
+        ):
+            outputs = fn(*static)
+        return _CapturedCall(graph, static, outputs)
 
     def attend_memory(
         self,
@@ -90,16 +143,20 @@ class TorchParts(SamParts):
         memory_pos: torch.Tensor,
         num_pointer_tokens: int,
     ) -> torch.Tensor:
-        batch = memory.size(1)
-        _, channels, height, width = image_embed.shape
-        fused = self.sam.memory_attention(
-            curr=[as_tokens(image_embed).expand(-1, batch, -1)],
-            curr_pos=[as_tokens(image_pos).expand(-1, batch, -1)],
-            memory=memory,
-            memory_pos=memory_pos,
-            num_obj_ptr_tokens=num_pointer_tokens,
-        )  # [hw, B, C]
-        return fused.permute(1, 2, 0).reshape(batch, channels, height, width)
+        def attend(image_embed, image_pos, memory, memory_pos) -> tuple[torch.Tensor]:
+            batch = memory.size(1)
+            _, channels, height, width = image_embed.shape
+            fused = self.sam.memory_attention(
+                curr=[as_tokens(image_embed).expand(-1, batch, -1)],
+                curr_pos=[as_tokens(image_pos).expand(-1, batch, -1)],
+                memory=memory,
+                memory_pos=memory_pos,
+                num_obj_ptr_tokens=num_pointer_tokens,
+            )  # [hw, B, C]
+            return (fused.permute(1, 2, 0).reshape(batch, channels, height, width),)
+
+        inputs = (image_embed, image_pos, memory, memory_pos)
+        return self._call("memory attention", attend, inputs, (num_pointer_tokens,))[0]
 
     def encode_memory(
         self,
@@ -108,17 +165,22 @@ class TorchParts(SamParts):
         object_score_logits: torch.Tensor,
         binarize: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        high_res = high_res_masks
-        if binarize:  # ±inf logits make the encoder's sigmoid exactly 0/1 (binarize_mask_from_pts_for_mem_enc)
-            high_res = torch.where(high_res > 0, torch.inf, -torch.inf)
-        memory, memory_pos = self.sam._encode_new_memory(
-            current_vision_feats=[as_tokens(image_embed)],  # batch 1: projected once, broadcast over targets
-            feat_sizes=[tuple(image_embed.shape[-2:])],
-            pred_masks_high_res=high_res,
-            object_score_logits=object_score_logits,
-            is_mask_from_pts=False,
+        def encode(image_embed, high_res, object_score_logits) -> tuple[torch.Tensor, torch.Tensor]:
+            if binarize:  # ±inf logits make the encoder's sigmoid exactly 0/1 (binarize_mask_from_pts_for_mem_enc)
+                high_res = torch.where(high_res > 0, torch.inf, -torch.inf)
+            memory, memory_pos = self.sam._encode_new_memory(
+                current_vision_feats=[as_tokens(image_embed)],  # batch 1: projected once, broadcast over targets
+                feat_sizes=[tuple(image_embed.shape[-2:])],
+                pred_masks_high_res=high_res,
+                object_score_logits=object_score_logits,
+                is_mask_from_pts=False,
+            )
+            return memory, memory_pos[-1]
+
+        memory, memory_pos = self._call(
+            "memory encoder", encode, (image_embed, high_res_masks, object_score_logits), (binarize,)
         )
-        return memory, memory_pos[-1]
+        return memory, memory_pos
 
     def decode_masks(
         self,
@@ -131,26 +193,27 @@ class TorchParts(SamParts):
         mask_input: torch.Tensor | None = None,
         language_embd: torch.Tensor | None = None,
     ) -> DecodedMasks:
-        batch = image_embed.size(0)
-        points = None
-        if point_coords is not None:
-            points = {"point_coords": point_coords, "point_labels": point_labels}
-        high_res = [level.expand(batch, -1, -1, -1) for level in features.high_res]
-        outputs = language_forward_sam_heads(
-            self.sam,
-            image_embed,
-            points,
-            mask_input,
-            high_res or None,
-            multimask,
-            language_embd,
-            suppress_absent_masks=self.suppress_absent_masks,
-        )
+        def decode(image_embed, point_coords, point_labels, mask_input, language_embd, *high_res):
+            batch = image_embed.size(0)
+            points = None
+            if point_coords is not None:
+                points = {"point_coords": point_coords, "point_labels": point_labels}
+            outputs = language_forward_sam_heads(
+                self.sam,
+                image_embed,
+                points,
+                mask_input,
+                [level.expand(batch, -1, -1, -1) for level in high_res] or None,
+                multimask,
+                language_embd,
+                suppress_absent_masks=self.suppress_absent_masks,
+            )
+            return outputs[3:7]  # low-res masks, high-res masks, object pointers, object score logits
+
+        inputs = (image_embed, point_coords, point_labels, mask_input, language_embd, *features.high_res)
+        low_res, high_res, pointers, scores = self._call("mask decoder", decode, inputs, (multimask,))
         return DecodedMasks(
-            low_res_masks=outputs[3],
-            high_res_masks=outputs[4],
-            object_pointers=outputs[5],
-            object_score_logits=outputs[6],
+            low_res_masks=low_res, high_res_masks=high_res, object_pointers=pointers, object_score_logits=scores
         )
 
 
