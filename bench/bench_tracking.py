@@ -17,6 +17,8 @@ Commands used for bench/RESULTS_tracking.md:
       --no-reference-multi --sections 1,2 --threads 1
   python bench/bench_tracking.py --config sam2.1_hiera_t --device cuda --frames 30 --multi-frames 30 --sections 1,2
   python bench/bench_tracking.py --config sam2.1_hiera_t --device cuda --frames 30 --sections 6 --targets 8
+  python bench/bench_tracking.py --config sam2.1_hiera_t --device cuda --frames 30 --sections 3,4 --rss-frames 2000 \
+      --churn 25 --catch-up 1,4,8
   .venv/bin/python bench/bench_tracking.py --config sam2.1_hiera_t --frames 6 --sections 4 --catch-up 1,4,8 --threads 1
   .venv/bin/python bench/bench_tracking.py --config tiny --frames 40 --multi-frames 30 --rss-frames 0 \
       --sections 1,2 --threads 1   (and --targets 16 --no-reference-multi --sections 2)
@@ -127,33 +129,40 @@ def predictor_steps(predictor, folder: Path, masks: list) -> Iterator[object]:
         yield out
 
 
-def tracker_with_targets(model, frames, masks, count: int) -> StreamingTracker:
+def tracker_with_targets(model, frames, masks, count: int, parts=None) -> StreamingTracker:
     """A tracker given ``count`` mask targets on frame 0 (the first as a new frame, the others caught up on it)."""
-    tracker = StreamingTracker(model)
+    tracker = StreamingTracker(model, parts=parts)
     for i in range(count):
         tracker.add_target(i + 1, frames[0] if i == 0 else None, mask=masks[i], at=None if i == 0 else 0)
     return tracker
 
 
 def tracker_variants(model) -> dict[str, TrackerConfig]:
-    """The tracker as shipped, and on CUDA also with its image encoder eager (no CUDA graph), for comparison."""
+    """The tracker as shipped, and on CUDA also with its parts eager (no CUDA graphs), for comparison."""
     variants = {"StreamingTracker": TrackerConfig()}
     if model.device.type == "cuda":
-        variants["  encoder eager"] = TrackerConfig(cuda_graphs=False)
+        variants["  no CUDA graphs"] = TrackerConfig(cuda_graphs=False)
     return variants
 
 
 def passes(model) -> int:
-    """Passes over the clip, the last one kept. On CUDA an untimed one first: cuDNN / cuBLAS plans are made per
-    new shape (the memory grows for 16 frames), and whichever side met a shape first would pay for both."""
+    """Passes over the clip, the last one kept. On CUDA a warm-up pass first: cuDNN / cuBLAS plans are made per
+    new shape (the memory grows for 16 frames), and whichever side met a shape first would pay for both; the
+    trackers of the last pass reuse the warm-up's SAM-2 parts, and so its CUDA graphs, as a running node does."""
     return 2 if model.device.type == "cuda" else 1
 
 
 def per_frame_cost(predictor, model, folder, frames, masks, steady_from: int) -> None:
     """1 target: tracker.step vs one predictor propagation step, interleaved frame by frame."""
 
+    parts = {}  # per variant: the SAM-2 parts (and CUDA graphs) of the first pass, reused by the next
+
     def one_pass() -> tuple[list, dict[str, list]]:
-        trackers = {name: StreamingTracker(model, config) for name, config in tracker_variants(model).items()}
+        trackers = {
+            name: StreamingTracker(model, config, parts=parts.get(name))
+            for name, config in tracker_variants(model).items()
+        }
+        parts.update((name, tracker.parts) for name, tracker in trackers.items())
         for tracker in trackers.values():
             tracker.add_target(1, frames[0], mask=masks[0])
         reference = predictor_steps(predictor, folder, masks[:1])
@@ -165,8 +174,10 @@ def per_frame_cost(predictor, model, folder, frames, masks, steady_from: int) ->
                 ours[name].append(timed(lambda frame=frame, tracker=tracker: tracker.step(frame)))
         return theirs, ours
 
+    first = None
     for _ in range(passes(model)):
         theirs, ours = one_pass()
+        first = first or ours
     with torch.inference_mode():
         image = torch.zeros(1, 3, model.image_size, model.image_size, device=model.device)
         with reference_autocast(model.device):
@@ -178,6 +189,9 @@ def per_frame_cost(predictor, model, folder, frames, masks, steady_from: int) ->
     print(f"  image encoder alone  {summary(encoder)} (eager)")
     for name, samples in ours.items():
         print(f"  ratio {name.strip()} / predictor: {ratio(samples, theirs)}  (goal <= 0.8)")
+    if first is not ours:
+        print(f"  warm-up pass, StreamingTracker (captures its CUDA graphs) {summary(first['StreamingTracker'])}")
+        print(f"  CUDA graphs of StreamingTracker: {parts['StreamingTracker'].graph_stats()}")
     if len(frames) > steady_from + 1:
         print(f"  steady state, frames >= {steady_from + 1} (full memory):")
         print(f"  SAM2VideoPredictor   {summary(theirs[steady_from:])}")
@@ -192,8 +206,13 @@ def multi_target_cost(
 ) -> None:
     """num_targets vs 1 target on the same frames (tracker batched; the predictor loops over objects)."""
 
+    parts = {}  # per target count: the SAM-2 parts (and CUDA graphs) of the first pass, reused by the next
+
     def one_pass() -> tuple[list, list, list]:
-        single, multi = (tracker_with_targets(model, frames, masks, count) for count in (1, num_targets))
+        single, multi = (
+            tracker_with_targets(model, frames, masks, count, parts.get(count)) for count in (1, num_targets)
+        )
+        parts.update({1: single.parts, num_targets: multi.parts})
         reference = predictor_steps(predictor, folder, masks[:num_targets]) if with_reference else None
         if reference is not None:
             next(reference)
@@ -220,27 +239,44 @@ def multi_target_cost(
         print(f"  ratio tracker / predictor at {num_targets} objects: {ratio(many, theirs)}")
 
 
-def rss_growth(model, frames, masks, num_frames: int) -> None:
-    """RSS over a long stream with 2 targets; the first 200 frames are warm-up."""
+def rss_growth(model, frames, masks, num_frames: int, churn: int) -> None:
+    """RSS (and GPU memory on CUDA) over a long stream with 2 targets; the first 200 frames are warm-up.
+
+    ``churn`` > 0: every ``churn`` frames a new target is caught up from 2 frames back and the oldest removed, so
+    memories of every age and batch keep coming (new shapes for the CUDA graphs, which are bounded too).
+    """
     process = psutil.Process()
+    cuda = model.device.type == "cuda"
     tracker = StreamingTracker(model, TrackerConfig())
     tracker.add_target(1, frames[0], mask=masks[0])
     tracker.add_target(2, frames[0 + 1], mask=masks[1 % len(masks)])
     gc.collect()
     checkpoints = sorted({200, *range(1000, num_frames + 1, 1000), num_frames})
-    rss = {}
+    rss, device_memory = {}, {}
     start = time.perf_counter()
     for t in range(2, num_frames + 1):
         tracker.step(frames[t % len(frames)])
+        if churn and t % churn == 0:
+            new_id = max(tracker.target_ids) + 1
+            tracker.add_target(new_id, at=t - 2, mask=masks[new_id % len(masks)])
+            tracker.remove_target(tracker.target_ids[0])
         if t in checkpoints:
             rss[t] = process.memory_info().rss / 2**20
+            if cuda:
+                device_memory[t] = torch.cuda.memory_allocated(model.device) / 2**20
     elapsed = time.perf_counter() - start
+    added = f", a new target every {churn} frames" if churn else ""
     print(
-        f"\n[3] RSS over {num_frames} frames, 2 targets ({elapsed:.0f} s, {1000 * elapsed / num_frames:.1f} ms/frame)"
+        f"\n[3] RSS over {num_frames} frames, 2 targets{added} ({elapsed:.0f} s, "
+        f"{1000 * elapsed / num_frames:.1f} ms/frame)"
     )
     print("  " + "  ".join(f"{t}: {mib:.1f} MiB" for t, mib in rss.items()))
     growth = rss[num_frames] - rss[200]
     print(f"  growth frame 200 -> {num_frames}: {growth:+.1f} MiB  (goal <= 50 MB)")
+    if cuda:
+        print("  GPU memory allocated: " + "  ".join(f"{t}: {mib:.1f} MiB" for t, mib in device_memory.items()))
+        print(f"  growth frame 200 -> {num_frames}: {device_memory[num_frames] - device_memory[200]:+.1f} MiB")
+        print(f"  CUDA graphs: {tracker.parts.graph_stats()}")
     print(f"  memory_stats: {tracker.memory_stats()}")
 
 
@@ -338,6 +374,7 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=8)
     parser.add_argument("--no-reference-multi", action="store_true", help="skip the predictor with N objects")
     parser.add_argument("--rss-frames", type=int, default=5000, help="0 to skip [3]")
+    parser.add_argument("--churn", type=int, default=0, help="[3]: a new target every N frames (0: the same two)")
     parser.add_argument("--catch-up", default="1,4,8", help="k values for [4]; empty to skip")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -397,7 +434,7 @@ def main() -> None:
                 steady_from=model.max_obj_ptrs_in_encoder,
             )
     if 3 in sections and args.rss_frames:
-        rss_growth(model, frames, masks, args.rss_frames)
+        rss_growth(model, frames, masks, args.rss_frames, args.churn)
     if 4 in sections and args.catch_up:
         catch_up_cost(model, frames, masks, [int(k) for k in args.catch_up.split(",")])
     if 5 in sections:
