@@ -483,7 +483,7 @@ def test_a_refused_capture_falls_back_to_eager_parts(
     monkeypatch.setattr(TorchParts, "_capture", refuse)
     sam_cuda = build_sam2(tiny_sam2_config(128), sa2va=False).cuda().eval()
     tracker = StreamingTracker(sam_cuda, TrackerConfig(cuda_graphs=True))
-    frames = clip(22)  # memory attention's steady shape is met for the third time on frame 19
+    frames = clip(22)  # memory attention's steady shape is met for the third time on frame 18
     tracker.add_target(1, frames[0], mask=square_mask(0))
     results = [tracker.step(frame) for frame in frames[1:]]
     assert results[-1].masks[1].any()
