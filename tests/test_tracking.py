@@ -423,12 +423,17 @@ def test_batched_pointer_encodings_match_the_video_predictor_per_object(tmp_path
 
 
 def _graph_vs_eager_runs(sam: torch.nn.Module, frames: list[np.ndarray]) -> list[tuple]:
-    """The same stream with and without CUDA graphs: a mask target, then one caught up from 3 frames back."""
+    """The same stream with and without CUDA graphs: a mask target, one caught up from 3 frames back by a box,
+    then one prompted by a [SEG] embedding."""
+    embedding = torch.randn(256, generator=torch.Generator().manual_seed(3))
     runs = []
     for cuda_graphs in (False, True):
         tracker = StreamingTracker(sam, TrackerConfig(cuda_graphs=cuda_graphs))
         results = [tracker.add_target(1, frames[0], mask=square_mask(0))]
         for t, frame in enumerate(frames[1:], start=1):
+            if t == 12:
+                results.append(tracker.add_target(3, frame, embedding=embedding))
+                continue
             results.append(tracker.step(frame))
             if t == 8:  # features of frame 5 were buffered before three more replays of the encoder's graph
                 results.append(tracker.add_target(2, at=5, box=(60, 10, 120, 80)))
@@ -445,14 +450,14 @@ def test_cuda_graphs_setting_leaves_cpu_tracking_unchanged(sam: torch.nn.Module)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-@pytest.mark.parametrize("config", ["tiny", "sam2.1_hiera_t"])
+@pytest.mark.parametrize("config", ["tiny", "tiny Sa2VA", "sam2.1_hiera_t"])
 def test_cuda_graphs_replay_the_eager_parts(config: str) -> None:
     """Every part captured and replayed (memory attention once a memory is full), outputs copied out of the
     graphs' shared pool: the same tracking as eager, for two targets of different ages and then in one batch, up
     to bfloat16 rounding (under autocast a replay may differ from an eager call in the last bit of some values)."""
     torch.manual_seed(0)
-    model_cfg = tiny_sam2_config(128) if config == "tiny" else bundled_sam2_config(config)
-    sam_cuda = build_sam2(model_cfg, sa2va=False).cuda().eval()
+    model_cfg = bundled_sam2_config(config) if config.startswith("sam2") else tiny_sam2_config(128)
+    sam_cuda = build_sam2(model_cfg, sa2va=config == "tiny Sa2VA").cuda().eval()
     (_, eager_results), (graphed, graphed_results) = _graph_vs_eager_runs(sam_cuda, clip(30))
     stats = graphed.parts.graph_stats()
     assert stats["image encoder"] == {"graphs": 1, "replays": 30}, stats
