@@ -71,7 +71,7 @@ class TrackerConfig:
     min_frame_side: int = 8
     max_frame_side: int = 8192
     cuda_bf16_autocast: bool = True  # on CUDA, run under bfloat16 autocast (CPU always runs float32)
-    cuda_graphs: bool = True  # on CUDA, the torch backend replays its four parts as CUDA graphs (same kernels)
+    cuda_graphs: bool = True  # on CUDA, the torch backend replays its four parts as CUDA graphs (see TorchParts)
     backend: str = "torch"  # runtime of the four SAM-2 parts: torch | onnxruntime | tensorrt
     engines_dir: str = ""  # where exported ONNX files and TensorRT engines are cached ("": the default cache)
 
